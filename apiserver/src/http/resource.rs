@@ -1,0 +1,164 @@
+//! The resource handler: every verb on every kind, dispatched from the path and method to the
+//! registry (`apiserver/pkg/endpoints/handlers`). Names no kind.
+
+use super::AppState;
+use super::codec::{self, Query, Shape, json_response, shape_list, shape_object};
+use super::path::{self, Target};
+use crate::error::{ApiError, ApiResult, Reason};
+use crate::registry::{PatchType, Subresource, Watch, WatchEvent};
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+use std::sync::Arc;
+
+/// Serves every path under `/api` and `/apis` that names a resource.
+pub async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Response {
+    match serve(&state, req).await {
+        Ok(resp) => resp,
+        Err(e) => e.into_response(),
+    }
+}
+
+/// The generic 404 for paths that name nothing.
+pub fn not_found() -> ApiError {
+    let mut e = ApiError::bad_request("the server could not find the requested resource");
+    e.reason = Reason::NotFound;
+    e.code = 404;
+    e
+}
+
+async fn serve(state: &AppState, req: Request) -> ApiResult<Response> {
+    let (parts, body) = req.into_parts();
+    let target = path::parse(&state.registry, parts.uri.path()).ok_or_else(not_found)?;
+    let query = Query::parse(parts.uri.query());
+    let headers = parts.headers;
+    let body = read_body(body).await?;
+    let registry = &state.registry;
+    let Target { resource: r, namespace, name, subresource } = target;
+    let info = r.info();
+    let ns = namespace.as_deref();
+    let shape = codec::shape(&headers);
+    let include = query.get("includeObject");
+    let sub = match subresource.as_deref() {
+        None => None,
+        Some(s) => Some(info.subresources.iter().copied().find(|x| x.name() == s).ok_or_else(not_found)?),
+    };
+    let method = parts.method;
+    let verb = method.to_string();
+    let not_allowed = || ApiError::method_not_allowed(&verb, info.group_resource());
+
+    // A namespaced kind without a namespace can only be listed or watched across namespaces.
+    if info.namespaced() && ns.is_none() && (name.is_some() || method != Method::GET) {
+        return Err(not_found());
+    }
+    let Some(name) = name else {
+        return match method {
+            Method::GET if query.is_watch() => {
+                Ok(watch_response(registry.watch(&r, ns, &query.watch_options()?)?, &r, shape, include))
+            }
+            Method::GET => Ok(json_response(
+                StatusCode::OK,
+                &shape_list(&r, shape, include, registry.list(&r, ns, &query.list_options()?)?),
+            )),
+            Method::POST => {
+                let obj = codec::decode_body(&headers, &body)?;
+                let created = registry.create(&r, ns, obj, &query.write_options()?).await?;
+                Ok(json_response(StatusCode::CREATED, &shape_object(&r, shape, include, created)))
+            }
+            Method::DELETE => {
+                let opts = query.delete_options(&body, &headers)?;
+                let list = registry.delete_collection(&r, ns, &query.list_options()?, &opts).await?;
+                Ok(json_response(StatusCode::OK, &list))
+            }
+            _ => Err(not_allowed()),
+        };
+    };
+
+    let respond = |status: StatusCode, obj: Value| json_response(status, &shape_object(&r, shape, include, obj));
+    match (sub, method) {
+        (None | Some(Subresource::Status), Method::GET) => Ok(respond(StatusCode::OK, registry.get(&r, ns, &name)?)),
+        (None | Some(Subresource::Status), Method::PUT) => {
+            let obj = codec::decode_body(&headers, &body)?;
+            let (obj, created) = registry.update(&r, ns, &name, obj, &query.write_options()?, sub).await?;
+            Ok(respond(if created { StatusCode::CREATED } else { StatusCode::OK }, obj))
+        }
+        (None | Some(Subresource::Status), Method::PATCH) => {
+            let patch_type = patch_type(&headers)?;
+            let (obj, created) = registry.patch(&r, ns, &name, patch_type, &body, &query.write_options()?, sub).await?;
+            Ok(respond(if created { StatusCode::CREATED } else { StatusCode::OK }, obj))
+        }
+        (None, Method::DELETE) => {
+            let opts = query.delete_options(&body, &headers)?;
+            Ok(respond(StatusCode::OK, registry.delete(&r, ns, &name, &opts).await?))
+        }
+        (Some(Subresource::Scale), Method::GET) => {
+            Ok(json_response(StatusCode::OK, &registry.get_scale(&r, ns, &name)?))
+        }
+        (Some(Subresource::Scale), Method::PUT) => {
+            let scale = codec::decode_body(&headers, &body)?;
+            Ok(json_response(
+                StatusCode::OK,
+                &registry.update_scale(&r, ns, &name, scale, &query.write_options()?).await?,
+            ))
+        }
+        (Some(Subresource::Scale), Method::PATCH) => {
+            let patch_type = patch_type(&headers)?;
+            let scale = registry.patch_scale(&r, ns, &name, patch_type, &body, &query.write_options()?).await?;
+            Ok(json_response(StatusCode::OK, &scale))
+        }
+        _ => Err(not_allowed()),
+    }
+}
+
+fn patch_type(headers: &HeaderMap) -> ApiResult<PatchType> {
+    PatchType::from_content_type(&codec::content_type(headers))
+        .ok_or_else(|| ApiError::unsupported_media_type(PatchType::CONTENT_TYPES))
+}
+
+/// Reads the whole body, refusing more than [`codec::MAX_BODY`] with 413.
+async fn read_body(body: Body) -> ApiResult<Bytes> {
+    axum::body::to_bytes(body, codec::MAX_BODY).await.map_err(|e| {
+        let too_large = std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
+            || e.to_string().contains("length limit");
+        if too_large { ApiError::too_large(codec::MAX_BODY) } else { ApiError::bad_request(e.to_string()) }
+    })
+}
+
+/// A chunked stream of newline-delimited `WatchEvent`s; Tables when the client asked for them.
+fn watch_response(watch: Watch, r: &Arc<crate::registry::Resource>, shape: Shape, include: Option<&str>) -> Response {
+    let timeout = watch.timeout();
+    let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+    let r = r.clone();
+    let include = include.map(str::to_string);
+    let stream = futures::stream::unfold((watch, true), move |(mut watch, first)| {
+        let r = r.clone();
+        let include = include.clone();
+        async move {
+            let event = match deadline {
+                Some(d) => tokio::time::timeout_at(d, watch.next()).await.ok()??,
+                None => watch.next().await?,
+            };
+            let object = match (&event, shape) {
+                (WatchEvent::Bookmark(o) | WatchEvent::Error(o), _) => o.clone(),
+                (e, Shape::Table) => {
+                    let obj = e.object().clone();
+                    let rv = obj["metadata"].get("resourceVersion").cloned();
+                    codec::to_table(&r, include.as_deref(), std::slice::from_ref(&obj), rv, first)
+                }
+                (e, Shape::PartialMetadata) => crate::registry::table::partial_metadata(e.object()),
+                (e, Shape::Object) => e.object().clone(),
+            };
+            let is_row = !matches!(event, WatchEvent::Bookmark(_) | WatchEvent::Error(_));
+            let mut line =
+                serde_json::to_vec(&json!({"type": event.type_name(), "object": object})).unwrap_or_default();
+            line.push(b'\n');
+            Some((Ok::<_, std::io::Error>(Bytes::from(line)), (watch, first && !is_row)))
+        }
+    });
+    let mut resp = Response::new(Body::from_stream(stream));
+    resp.headers_mut()
+        .insert(axum::http::header::CONTENT_TYPE, axum::http::HeaderValue::from_static("application/json"));
+    resp
+}

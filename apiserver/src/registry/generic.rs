@@ -1,0 +1,419 @@
+//! The generic store pipeline every kind goes through (`genericregistry.Store` in
+//! `apiserver/pkg/registry/generic/registry/store.go`): create, get, update, patch, delete,
+//! in upstream's order, each write one storage transaction.
+
+use super::meta::{self, decode, encode, meta_str};
+use super::options::{DeleteOptions, PatchType, WriteOptions};
+use super::{Registry, Resource, Subresource};
+use crate::error::{ApiError, ApiResult, FieldError};
+use crate::patch;
+use crate::storage::{Op, Precondition, StorageError};
+use crate::validation;
+use serde_json::{Value, json};
+
+/// Attempts at a generated name before giving up (upstream retries `generateName` 8 times).
+const GENERATE_NAME_TRIES: usize = 8;
+/// Attempts of an unconditional update that keeps meeting concurrent writers.
+const UPDATE_TRIES: usize = 16;
+
+/// Maps a storage failure of one object to the API error upstream gives (`storeerr.Interpret*`).
+pub(super) fn interpret(r: &Resource, name: &str, e: StorageError) -> ApiError {
+    let gr = r.info().group_resource();
+    match e {
+        StorageError::AlreadyExists { .. } => ApiError::already_exists(gr, name),
+        StorageError::NotFound { .. } => ApiError::not_found(gr, name),
+        StorageError::Conflict { .. } => ApiError::stale(gr, name),
+        StorageError::Compacted { .. } => ApiError::expired(e.to_string()),
+        StorageError::Backend(msg) => ApiError::internal(msg),
+    }
+}
+
+impl Registry {
+    /// GET of one object.
+    pub fn get(&self, r: &Resource, ns: Option<&str>, name: &str) -> ApiResult<Value> {
+        let key = r.info().key(ns, name);
+        match self.store.get(&key).map_err(|e| interpret(r, name, e))? {
+            Some(kv) => decode(&kv),
+            None => Err(ApiError::not_found(r.info().group_resource(), name)),
+        }
+    }
+
+    /// POST: create an object (`Store.Create`).
+    pub async fn create(
+        &self,
+        r: &Resource,
+        ns: Option<&str>,
+        mut obj: Value,
+        opts: &WriteOptions,
+    ) -> ApiResult<Value> {
+        check_type(r, &obj)?;
+        set_namespace(r, &mut obj, ns)?;
+        let generate = meta_str(&obj, "name").is_none().then(|| meta_str(&obj, "generateName").map(str::to_string));
+        let generate = generate.flatten();
+        let strategy = r.strategy();
+        meta::fill_create(&mut obj, strategy.tracks_generation());
+        if let Some(prefix) = &generate {
+            meta::meta_mut(&mut obj).insert("name".into(), meta::generate_name(prefix).into());
+        }
+        strategy.prepare_for_create(&mut obj);
+        self.validate_create(r, &obj)?;
+        strategy.canonicalize(&mut obj);
+        let ns = ns.filter(|_| r.info().namespaced());
+        if let Some(ns) = ns {
+            self.check_namespace_open(r, ns, meta::name(&obj))?;
+        }
+        if opts.dry_run {
+            return Ok(obj);
+        }
+        for attempt in 0.. {
+            let name = meta::name(&obj).to_string();
+            let key = r.info().key(ns, &name);
+            let op = Op::Put { key, value: encode(&obj)?, pre: Precondition::Absent };
+            match self.store.commit(vec![op]).await {
+                Ok(revision) => {
+                    meta::set_resource_version(&mut obj, revision);
+                    return Ok(obj);
+                }
+                Err(StorageError::AlreadyExists { .. }) if generate.is_some() && attempt + 1 < GENERATE_NAME_TRIES => {
+                    let prefix = generate.as_deref().unwrap_or_default();
+                    meta::meta_mut(&mut obj).insert("name".into(), meta::generate_name(prefix).into());
+                }
+                Err(e) => return Err(interpret(r, &name, e)),
+            }
+        }
+        unreachable!("the loop returns")
+    }
+
+    fn validate_create(&self, r: &Resource, obj: &Value) -> ApiResult<()> {
+        let strategy = r.strategy();
+        let mut errs = strategy.validate(obj);
+        errs.extend(validation::validate_object_meta(
+            obj.get("metadata").unwrap_or(&Value::Null),
+            r.info().namespaced(),
+            strategy.name_rule(),
+        ));
+        invalid_if_any(r, obj, errs)
+    }
+
+    /// Refuses writes into a namespace that is missing or terminating (`NamespaceLifecycle`).
+    fn check_namespace_open(&self, r: &Resource, ns: &str, name: &str) -> ApiResult<()> {
+        let namespaces = self.namespaces()?;
+        let namespace = self.get(namespaces, None, ns)?;
+        if meta::is_deleting(&namespace) {
+            return Err(ApiError::forbidden(
+                r.info().group_resource(),
+                name,
+                &format!("unable to create new content in namespace {ns} because it is being terminated"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// PUT: replace an object, or its status (`Store.Update`). Returns the object and whether it was created.
+    pub async fn update(
+        &self,
+        r: &Resource,
+        ns: Option<&str>,
+        name: &str,
+        mut obj: Value,
+        opts: &WriteOptions,
+        sub: Option<Subresource>,
+    ) -> ApiResult<(Value, bool)> {
+        check_type(r, &obj)?;
+        set_namespace(r, &mut obj, ns)?;
+        match meta_str(&obj, "name") {
+            None => {
+                meta::meta_mut(&mut obj).insert("name".into(), name.into());
+            }
+            Some(body) if body != name => {
+                return Err(ApiError::bad_request(format!(
+                    "the name of the object ({body}) does not match the name on the URL ({name})"
+                )));
+            }
+            Some(_) => {}
+        }
+        let requested_rv = meta_str(&obj, "resourceVersion").map(meta::parse_resource_version).transpose()?;
+        let create = r.strategy().allow_create_on_update();
+        self.update_with(r, ns, name, opts, sub, requested_rv, create, |_| Ok(obj.clone())).await
+    }
+
+    /// PATCH: apply a patch to the current object and update it (`patchResource`).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn patch(
+        &self,
+        r: &Resource,
+        ns: Option<&str>,
+        name: &str,
+        patch_type: PatchType,
+        body: &[u8],
+        opts: &WriteOptions,
+        sub: Option<Subresource>,
+    ) -> ApiResult<(Value, bool)> {
+        let patch = patch::Patch::parse(patch_type, body)?;
+        let create = patch_type == PatchType::Apply;
+        self.update_with(r, ns, name, opts, sub, None, create, |current| {
+            let mut patched = patch.apply(current)?;
+            // A patch that names no resourceVersion applies to whatever is current.
+            if meta_str(&patched, "resourceVersion").is_none()
+                && let Some(rv) = meta_str(current, "resourceVersion")
+            {
+                meta::meta_mut(&mut patched).insert("resourceVersion".into(), rv.into());
+            }
+            Ok(patched)
+        })
+        .await
+    }
+
+    /// The read-modify-write loop of update and patch (`GuaranteedUpdate`): `change` turns the
+    /// current object into the requested one; conflicts retry unless the client named a revision.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn update_with(
+        &self,
+        r: &Resource,
+        ns: Option<&str>,
+        name: &str,
+        opts: &WriteOptions,
+        sub: Option<Subresource>,
+        requested_rv: Option<u64>,
+        create_if_missing: bool,
+        change: impl Fn(&Value) -> ApiResult<Value>,
+    ) -> ApiResult<(Value, bool)> {
+        let info = r.info();
+        let strategy = r.strategy();
+        let key = info.key(ns, name);
+        let ns = ns.filter(|_| info.namespaced());
+        for _ in 0..UPDATE_TRIES {
+            let Some(current) = self.store.get(&key).map_err(|e| interpret(r, name, e))? else {
+                if create_if_missing && sub.is_none() {
+                    let obj = change(&Value::Null)?;
+                    return Ok((self.create(r, ns, obj, opts).await?, true));
+                }
+                return Err(ApiError::not_found(info.group_resource(), name));
+            };
+            let old = decode(&current)?;
+            let mut new = change(&old)?;
+            check_type(r, &new)?;
+            set_namespace(r, &mut new, ns)?;
+            let body_rv = match requested_rv {
+                Some(rv) => Some(rv),
+                None => meta_str(&new, "resourceVersion").map(meta::parse_resource_version).transpose()?,
+            };
+            match body_rv {
+                Some(rv) if rv != current.mod_revision => return Err(ApiError::stale(info.group_resource(), name)),
+                None if !strategy.allow_unconditional_update() => {
+                    return Err(ApiError::invalid(
+                        info.group,
+                        info.kind,
+                        name,
+                        vec![FieldError::required("metadata.resourceVersion", "must be specified for an update")],
+                    ));
+                }
+                _ => {}
+            }
+            match sub {
+                Some(Subresource::Status) => new = with_status_of(&old, &new),
+                Some(Subresource::Scale) => return Err(ApiError::internal("scale is updated through its own path")),
+                None => strategy.prepare_for_update(&mut new, &old),
+            }
+            meta::keep_on_update(&mut new, &old, strategy.tracks_generation());
+            let mut errs = validation::validate_object_meta_update(
+                new.get("metadata").unwrap_or(&Value::Null),
+                old.get("metadata").unwrap_or(&Value::Null),
+            );
+            errs.extend(strategy.validate_update(&new, &old));
+            invalid_if_any(r, &new, errs)?;
+            strategy.canonicalize(&mut new);
+
+            let op =
+                if meta::is_deleting(&new) && meta::finalizers(&new).is_empty() && !strategy.pending_finalization(&new)
+                {
+                    // The last finalizer is gone: the update completes the deletion (`ShouldDeleteDuringUpdate`).
+                    Op::Delete { key: key.clone(), pre: Precondition::ModRevision(current.mod_revision) }
+                } else {
+                    let value = encode(&new)?;
+                    if value == current.value {
+                        return Ok((old, false)); // nothing changed: no write, no new revision
+                    }
+                    Op::Put { key: key.clone(), value, pre: Precondition::ModRevision(current.mod_revision) }
+                };
+            if opts.dry_run {
+                return Ok((new, false));
+            }
+            match self.store.commit(vec![op]).await {
+                Ok(revision) => {
+                    meta::set_resource_version(&mut new, revision);
+                    return Ok((new, false));
+                }
+                Err(StorageError::Conflict { .. } | StorageError::NotFound { .. }) if body_rv.is_none() => continue,
+                Err(e) => return Err(interpret(r, name, e)),
+            }
+        }
+        Err(ApiError::conflict(info.group_resource(), name, "too many concurrent updates; please try again"))
+    }
+
+    /// DELETE of one object (`Store.Delete`): preconditions, graceful deletion, finalizers.
+    pub async fn delete(&self, r: &Resource, ns: Option<&str>, name: &str, opts: &DeleteOptions) -> ApiResult<Value> {
+        let info = r.info();
+        let strategy = r.strategy();
+        let key = info.key(ns, name);
+        for _ in 0..UPDATE_TRIES {
+            let Some(current) = self.store.get(&key).map_err(|e| interpret(r, name, e))? else {
+                return Err(ApiError::not_found(info.group_resource(), name));
+            };
+            let mut obj = decode(&current)?;
+            check_preconditions(r, name, &obj, opts)?;
+            strategy.before_delete(name)?;
+            let mut finalizers = meta::finalizers(&obj);
+            if let Some(f) = propagation_finalizers(opts)
+                && !finalizers.iter().any(|x| x == f)
+            {
+                finalizers.push(f.to_string());
+            }
+            let grace = strategy.grace_period(&obj, opts.grace_period_seconds).filter(|g| *g > 0);
+            if meta::is_deleting(&obj) && grace.is_none() && finalizers == meta::finalizers(&obj) {
+                return Ok(obj); // already being deleted; nothing more to do
+            }
+            strategy.prepare_for_delete(&mut obj);
+            let pending = !finalizers.is_empty() || grace.is_some() || strategy.pending_finalization(&obj);
+            let op = if pending {
+                let m = meta::meta_mut(&mut obj);
+                if m.get("deletionTimestamp").is_none_or(Value::is_null) {
+                    m.insert("deletionTimestamp".into(), meta::now().into());
+                }
+                m.insert("deletionGracePeriodSeconds".into(), grace.unwrap_or(0).into());
+                if !finalizers.is_empty() {
+                    m.insert("finalizers".into(), json!(finalizers));
+                }
+                Op::Put { key: key.clone(), value: encode(&obj)?, pre: Precondition::ModRevision(current.mod_revision) }
+            } else {
+                Op::Delete { key: key.clone(), pre: Precondition::ModRevision(current.mod_revision) }
+            };
+            if opts.dry_run {
+                return Ok(obj);
+            }
+            match self.store.commit(vec![op]).await {
+                Ok(revision) => {
+                    if pending {
+                        meta::set_resource_version(&mut obj, revision);
+                    }
+                    return Ok(obj);
+                }
+                Err(StorageError::Conflict { .. }) => continue,
+                Err(e) => return Err(interpret(r, name, e)),
+            }
+        }
+        Err(ApiError::conflict(info.group_resource(), name, "too many concurrent updates; please try again"))
+    }
+}
+
+/// The object's `apiVersion`/`kind`, when given, must be the ones the path serves.
+fn check_type(r: &Resource, obj: &Value) -> ApiResult<()> {
+    let info = r.info();
+    if !obj.is_object() {
+        return Err(ApiError::bad_request(format!("the body of the request is not a {} object", info.kind)));
+    }
+    if let Some(v) = obj.get("apiVersion").and_then(Value::as_str).filter(|v| !v.is_empty())
+        && v != info.api_version()
+    {
+        return Err(ApiError::bad_request(format!(
+            "the API version in the data ({v}) does not match the expected API version ({})",
+            info.api_version()
+        )));
+    }
+    if let Some(k) = obj.get("kind").and_then(Value::as_str).filter(|k| !k.is_empty())
+        && k != info.kind
+    {
+        return Err(ApiError::bad_request(format!(
+            "the kind in the data ({k}) does not match the expected kind ({})",
+            info.kind
+        )));
+    }
+    Ok(())
+}
+
+/// `EnsureObjectNamespaceMatchesRequestNamespace`, then stamps `apiVersion`/`kind`.
+fn set_namespace(r: &Resource, obj: &mut Value, ns: Option<&str>) -> ApiResult<()> {
+    let info = r.info();
+    if let Value::Object(o) = obj {
+        o.insert("apiVersion".into(), info.api_version().into());
+        o.insert("kind".into(), info.kind.into());
+    }
+    let body_ns = meta_str(obj, "namespace").map(str::to_string);
+    let m = meta::meta_mut(obj);
+    match (info.namespaced(), ns, body_ns) {
+        (false, _, _) => {
+            m.remove("namespace");
+        }
+        (true, Some(path), None) => {
+            m.insert("namespace".into(), path.into());
+        }
+        (true, Some(path), Some(body)) if path != body => {
+            return Err(ApiError::bad_request(
+                "the namespace of the provided object does not match the namespace sent on the request",
+            ));
+        }
+        (true, None, _) => return Err(ApiError::bad_request("a namespace must be specified")),
+        _ => {}
+    }
+    Ok(())
+}
+
+fn invalid_if_any(r: &Resource, obj: &Value, errs: Vec<FieldError>) -> ApiResult<()> {
+    if errs.is_empty() {
+        return Ok(());
+    }
+    let info = r.info();
+    Err(ApiError::invalid(info.group, info.kind, meta::name(obj), errs))
+}
+
+/// The old object with the new one's `status` (and nothing else): the status subresource.
+fn with_status_of(old: &Value, new: &Value) -> Value {
+    let mut out = old.clone();
+    if let Value::Object(o) = &mut out {
+        match new.get("status") {
+            Some(s) => o.insert("status".into(), s.clone()),
+            None => o.remove("status"),
+        };
+    }
+    if let Some(rv) = meta_str(new, "resourceVersion") {
+        meta::meta_mut(&mut out).insert("resourceVersion".into(), rv.into());
+    }
+    out
+}
+
+fn check_preconditions(r: &Resource, name: &str, obj: &Value, opts: &DeleteOptions) -> ApiResult<()> {
+    let Some(p) = &opts.preconditions else { return Ok(()) };
+    let gr = r.info().group_resource();
+    if let Some(uid) = p.uid.as_deref() {
+        let actual = meta_str(obj, "uid").unwrap_or("");
+        if uid != actual {
+            return Err(ApiError::conflict(
+                gr,
+                name,
+                &format!("Precondition failed: UID in precondition: {uid}, UID in object meta: {actual}"),
+            ));
+        }
+    }
+    if let Some(rv) = p.resource_version.as_deref() {
+        let actual = meta_str(obj, "resourceVersion").unwrap_or("");
+        if rv != actual {
+            return Err(ApiError::conflict(
+                gr,
+                name,
+                &format!(
+                    "Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {actual}"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The garbage-collector finalizers a delete asks for (`shouldOrphanDependents`, `shouldDeleteDependents`).
+fn propagation_finalizers(opts: &DeleteOptions) -> Option<&'static str> {
+    match (opts.propagation_policy.as_deref(), opts.orphan_dependents) {
+        (Some("Orphan"), _) | (None, Some(true)) => Some("orphan"),
+        (Some("Foreground"), _) => Some("foregroundDeletion"),
+        _ => None,
+    }
+}

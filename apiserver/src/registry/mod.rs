@@ -1,0 +1,286 @@
+//! The registry: one table of resources, each a [`ResourceInfo`] and a [`Strategy`], over one
+//! generic store pipeline (upstream's `genericregistry.Store` + per-kind strategies).
+//! Everything particular to a kind lives in its own file here; nothing else names a kind.
+
+mod configmaps;
+mod deployments;
+mod endpoints;
+mod endpointslices;
+mod events;
+mod generic;
+mod leases;
+mod list;
+pub mod meta;
+mod namespaces;
+mod nodes;
+mod options;
+mod pods;
+mod replicasets;
+mod scale;
+mod secrets;
+mod serviceaccounts;
+mod services;
+pub mod table;
+
+pub use list::{Watch, WatchEvent};
+pub use options::{DeleteOptions, ListOptions, PatchType, WatchOptions, WriteOptions};
+
+use crate::error::{ApiError, ApiResult, FieldError, GroupResource};
+use crate::storage::Store;
+use serde_json::Value;
+use std::sync::Arc;
+
+/// Whether a resource lives in a namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    Namespaced,
+    Cluster,
+}
+
+/// A subresource a kind serves besides the object itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Subresource {
+    /// `/status`: the same object; an update changes only `.status`.
+    Status,
+    /// `/scale`: an `autoscaling/v1` `Scale` over `.spec.replicas`.
+    Scale,
+}
+
+impl Subresource {
+    pub fn name(self) -> &'static str {
+        match self {
+            Subresource::Status => "status",
+            Subresource::Scale => "scale",
+        }
+    }
+}
+
+/// What discovery, routing and storage need to know about a kind.
+#[derive(Debug)]
+pub struct ResourceInfo {
+    pub group: &'static str,
+    pub version: &'static str,
+    pub kind: &'static str,
+    pub plural: &'static str,
+    pub singular: &'static str,
+    pub short_names: &'static [&'static str],
+    pub categories: &'static [&'static str],
+    pub scope: Scope,
+    pub subresources: &'static [Subresource],
+}
+
+impl ResourceInfo {
+    /// `v1` or `apps/v1`.
+    pub fn api_version(&self) -> String {
+        if self.group.is_empty() { self.version.to_string() } else { format!("{}/{}", self.group, self.version) }
+    }
+
+    pub fn group_resource(&self) -> GroupResource<'static> {
+        GroupResource { group: self.group, resource: self.plural }
+    }
+
+    pub fn namespaced(&self) -> bool {
+        self.scope == Scope::Namespaced
+    }
+
+    /// The storage key prefix of this kind, or of one namespace of it.
+    fn key_prefix(&self, namespace: Option<&str>) -> String {
+        let group = if self.group.is_empty() { "core" } else { self.group };
+        match namespace {
+            Some(ns) if self.namespaced() => format!("/registry/{group}/{}/{ns}/", self.plural),
+            _ => format!("/registry/{group}/{}/", self.plural),
+        }
+    }
+
+    fn key(&self, namespace: Option<&str>, name: &str) -> String {
+        format!("{}{name}", self.key_prefix(namespace))
+    }
+}
+
+/// A kind's name rule (`ValidateNameFunc`): messages for a bad name, `prefix` for generateName.
+pub type NameRule = fn(&str, bool) -> Vec<String>;
+
+/// The behaviour particular to one kind. Every method has upstream's default.
+pub trait Strategy: Send + Sync + 'static {
+    fn info(&self) -> &'static ResourceInfo;
+
+    /// The rule for `metadata.name` (default: DNS-1123 subdomain).
+    fn name_rule(&self) -> NameRule {
+        crate::validation::name_is_dns_subdomain
+    }
+
+    /// Whether `metadata.generation` is kept (set to 1, bumped on spec changes).
+    fn tracks_generation(&self) -> bool {
+        false
+    }
+
+    /// Clears what a client may not set on create (e.g. `status`) and fills defaults.
+    fn prepare_for_create(&self, _obj: &mut Value) {}
+
+    /// Restores what a client may not change on update (e.g. `status` from `old`).
+    fn prepare_for_update(&self, _new: &mut Value, _old: &Value) {}
+
+    fn validate(&self, _obj: &Value) -> Vec<FieldError> {
+        Vec::new()
+    }
+
+    fn validate_update(&self, new: &Value, _old: &Value) -> Vec<FieldError> {
+        self.validate(new)
+    }
+
+    /// Normalises the object before it is stored.
+    fn canonicalize(&self, _obj: &mut Value) {}
+
+    /// Whether PUT of a missing object creates it.
+    fn allow_create_on_update(&self) -> bool {
+        false
+    }
+
+    /// Whether PUT may omit `metadata.resourceVersion`.
+    fn allow_unconditional_update(&self) -> bool {
+        true
+    }
+
+    /// Extra field-selector labels beyond `metadata.name` and `metadata.namespace`.
+    fn field_labels(&self) -> &'static [&'static str] {
+        &[]
+    }
+
+    /// The value of a field-selector label (`spec.nodeName`, `status.phase`, …).
+    fn field_value(&self, _obj: &Value, _field: &str) -> Option<String> {
+        None
+    }
+
+    /// Refuses a delete outright (namespaces that may never be deleted).
+    fn before_delete(&self, _name: &str) -> ApiResult<()> {
+        Ok(())
+    }
+
+    /// Marks an object whose deletion is pending (a namespace turns `Terminating`).
+    fn prepare_for_delete(&self, _obj: &mut Value) {}
+
+    /// Whether a deleting object must stay for a kind-specific finalizer (`spec.finalizers`
+    /// of a namespace) even when `metadata.finalizers` is empty.
+    fn pending_finalization(&self, _obj: &Value) -> bool {
+        false
+    }
+
+    /// The grace period a delete should wait for (pods), or `None` to delete at once.
+    fn grace_period(&self, _obj: &Value, _requested: Option<i64>) -> Option<i64> {
+        None
+    }
+
+    /// Table columns for `kubectl get` (`as=Table`); default is upstream's default convertor.
+    fn table(&self) -> &'static table::Columns {
+        &table::DEFAULT_COLUMNS
+    }
+
+    /// The cells of one row, in the order of [`Strategy::table`].
+    fn table_row(&self, obj: &Value) -> Vec<Value> {
+        table::default_row(obj)
+    }
+}
+
+/// A served kind: its strategy and the store.
+pub struct Resource {
+    strategy: Box<dyn Strategy>,
+}
+
+impl Resource {
+    pub fn info(&self) -> &'static ResourceInfo {
+        self.strategy.info()
+    }
+
+    pub fn strategy(&self) -> &dyn Strategy {
+        &*self.strategy
+    }
+}
+
+/// Every kind kplane serves, with the store they share.
+pub struct Registry {
+    resources: Vec<Arc<Resource>>,
+    store: Arc<Store>,
+}
+
+impl Registry {
+    /// The registry of built-in kinds over `store`.
+    pub fn new(store: Arc<Store>) -> Arc<Self> {
+        let strategies: Vec<Box<dyn Strategy>> = vec![
+            Box::new(namespaces::Namespaces),
+            Box::new(services::Services),
+            Box::new(endpoints::Endpoints),
+            Box::new(pods::Pods),
+            Box::new(nodes::Nodes),
+            Box::new(configmaps::ConfigMaps),
+            Box::new(secrets::Secrets),
+            Box::new(serviceaccounts::ServiceAccounts),
+            Box::new(events::CoreEvents),
+            Box::new(events::Events),
+            Box::new(endpointslices::EndpointSlices),
+            Box::new(deployments::Deployments),
+            Box::new(replicasets::ReplicaSets),
+            Box::new(leases::Leases),
+        ];
+        let resources = strategies.into_iter().map(|strategy| Arc::new(Resource { strategy })).collect();
+        Arc::new(Self { resources, store })
+    }
+
+    pub fn resources(&self) -> &[Arc<Resource>] {
+        &self.resources
+    }
+
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    /// The resource served at `group`/`version` under `plural`.
+    pub fn lookup(&self, group: &str, version: &str, plural: &str) -> Option<&Arc<Resource>> {
+        self.resources.iter().find(|r| {
+            let i = r.info();
+            i.group == group && i.version == version && i.plural == plural
+        })
+    }
+
+    /// The resource of a kind in a group.
+    pub fn by_kind(&self, group: &str, kind: &str) -> Option<&Arc<Resource>> {
+        self.resources.iter().find(|r| r.info().group == group && r.info().kind == kind)
+    }
+
+    fn namespaces(&self) -> ApiResult<&Arc<Resource>> {
+        self.lookup("", "v1", "namespaces").ok_or_else(|| ApiError::internal("namespaces are not registered"))
+    }
+
+    /// Creates the namespaces that exist from the start (`default`, `kube-system`, …).
+    pub async fn bootstrap(&self) -> ApiResult<()> {
+        let namespaces = self.namespaces()?.clone();
+        for name in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+            if self.get(&namespaces, None, name).is_ok() {
+                continue;
+            }
+            let obj = serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}});
+            match self.create(&namespaces, None, obj, &WriteOptions::default()).await {
+                Ok(_) => {}
+                Err(e) if e.reason == crate::error::Reason::AlreadyExists => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Replaces whatever status a client sent on create (`PrepareForCreate` of kinds with status).
+fn reset_status(obj: &mut Value, status: Value) {
+    if let Value::Object(o) = obj {
+        o.insert("status".into(), status);
+    }
+}
+
+/// Keeps the stored status on a main-resource update (`PrepareForUpdate`).
+fn keep_status(new: &mut Value, old: &Value) {
+    if let Value::Object(o) = new {
+        match old.get("status") {
+            Some(s) => o.insert("status".into(), s.clone()),
+            None => o.remove("status"),
+        };
+    }
+}

@@ -1,0 +1,174 @@
+//! Pods (`pkg/registry/core/pod/strategy.go`, `pkg/apis/core/v1/defaults.go`): defaults,
+//! initial status and QoS class, graceful deletion, field selectors.
+
+use super::{ResourceInfo, Scope, Strategy, Subresource, keep_status, reset_status};
+use serde_json::{Map, Value, json};
+
+pub static INFO: ResourceInfo = ResourceInfo {
+    group: "",
+    version: "v1",
+    kind: "Pod",
+    plural: "pods",
+    singular: "pod",
+    short_names: &["po"],
+    categories: &["all"],
+    scope: Scope::Namespaced,
+    subresources: &[Subresource::Status],
+};
+
+/// `DefaultTerminationGracePeriodSeconds`.
+const DEFAULT_GRACE: i64 = 30;
+
+pub struct Pods;
+
+impl Strategy for Pods {
+    fn info(&self) -> &'static ResourceInfo {
+        &INFO
+    }
+
+    fn prepare_for_create(&self, obj: &mut Value) {
+        set_defaults(obj);
+        let qos = qos_class(obj);
+        reset_status(obj, json!({"phase": "Pending", "qosClass": qos}));
+    }
+
+    fn prepare_for_update(&self, new: &mut Value, old: &Value) {
+        set_defaults(new);
+        keep_status(new, old);
+    }
+
+    /// `podStrategy.CheckGracefulDelete`: unscheduled or finished pods go at once.
+    fn grace_period(&self, obj: &Value, requested: Option<i64>) -> Option<i64> {
+        let phase = obj["status"]["phase"].as_str().unwrap_or("");
+        let unscheduled = obj["spec"]["nodeName"].as_str().is_none_or(str::is_empty);
+        if unscheduled || phase == "Failed" || phase == "Succeeded" {
+            return None;
+        }
+        Some(requested.or_else(|| obj["spec"]["terminationGracePeriodSeconds"].as_i64()).unwrap_or(DEFAULT_GRACE))
+    }
+
+    fn field_labels(&self) -> &'static [&'static str] {
+        &[
+            "spec.nodeName",
+            "spec.restartPolicy",
+            "spec.schedulerName",
+            "spec.serviceAccountName",
+            "spec.hostNetwork",
+            "status.phase",
+            "status.podIP",
+            "status.podIPs",
+            "status.nominatedNodeName",
+        ]
+    }
+
+    fn field_value(&self, obj: &Value, field: &str) -> Option<String> {
+        let text = |v: &Value| v.as_str().unwrap_or("").to_string();
+        Some(match field {
+            "spec.hostNetwork" => obj["spec"]["hostNetwork"].as_bool().unwrap_or(false).to_string(),
+            "status.podIPs" => obj["status"]["podIPs"]
+                .as_array()
+                .map(|ips| ips.iter().filter_map(|ip| ip["ip"].as_str()).collect::<Vec<_>>().join(","))
+                .unwrap_or_default(),
+            _ => {
+                let (top, rest) = field.split_once('.')?;
+                text(&obj[top][rest])
+            }
+        })
+    }
+}
+
+/// `SetDefaults_Pod`, `SetDefaults_PodSpec` and the container defaults.
+fn set_defaults(obj: &mut Value) {
+    let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut) else { return };
+    spec.entry("restartPolicy").or_insert("Always".into());
+    spec.entry("dnsPolicy").or_insert("ClusterFirst".into());
+    spec.entry("terminationGracePeriodSeconds").or_insert(DEFAULT_GRACE.into());
+    spec.entry("schedulerName").or_insert("default-scheduler".into());
+    spec.entry("securityContext").or_insert_with(|| json!({}));
+    spec.entry("enableServiceLinks").or_insert(true.into());
+    spec.entry("serviceAccountName").or_insert("default".into());
+    spec.entry("priority").or_insert(0.into());
+    for list in ["initContainers", "containers"] {
+        if let Some(Value::Array(containers)) = spec.get_mut(list) {
+            for c in containers.iter_mut().filter_map(Value::as_object_mut) {
+                container_defaults(c);
+            }
+        }
+    }
+}
+
+fn container_defaults(c: &mut Map<String, Value>) {
+    c.entry("terminationMessagePath").or_insert("/dev/termination-log".into());
+    c.entry("terminationMessagePolicy").or_insert("File".into());
+    c.entry("resources").or_insert_with(|| json!({}));
+    if !c.contains_key("imagePullPolicy") {
+        let image = c.get("image").and_then(Value::as_str).unwrap_or("");
+        let tag = image.rsplit('/').next().and_then(|last| last.split_once(':')).map(|(_, t)| t);
+        let policy = if image.contains('@') || tag.is_some_and(|t| t != "latest") { "IfNotPresent" } else { "Always" };
+        c.insert("imagePullPolicy".into(), policy.into());
+    }
+    if let Some(Value::Array(ports)) = c.get_mut("ports") {
+        for p in ports.iter_mut().filter_map(Value::as_object_mut) {
+            p.entry("protocol").or_insert("TCP".into());
+        }
+    }
+}
+
+/// `qos.GetPodQOS`, simplified to cpu and memory: Guaranteed when every container limits both
+/// with requests equal to limits, BestEffort when none asks for anything, else Burstable.
+fn qos_class(obj: &Value) -> &'static str {
+    let containers = obj["spec"]["containers"].as_array().map(Vec::as_slice).unwrap_or(&[]);
+    let mut any = false;
+    let mut guaranteed = !containers.is_empty();
+    for c in containers {
+        let requests = &c["resources"]["requests"];
+        let limits = &c["resources"]["limits"];
+        for r in ["cpu", "memory"] {
+            let (req, lim) = (&requests[r], &limits[r]);
+            any |= !req.is_null() || !lim.is_null();
+            if lim.is_null() || (!req.is_null() && req != lim) {
+                guaranteed = false;
+            }
+        }
+    }
+    match (any, guaranteed) {
+        (false, _) => "BestEffort",
+        (true, true) => "Guaranteed",
+        (true, false) => "Burstable",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn qos_classes() {
+        let pod = |res: Value| json!({"spec": {"containers": [{"name": "c", "resources": res}]}});
+        assert_eq!(qos_class(&pod(json!({}))), "BestEffort");
+        assert_eq!(qos_class(&pod(json!({"requests": {"cpu": "1"}}))), "Burstable");
+        assert_eq!(qos_class(&pod(json!({"limits": {"cpu": "1", "memory": "1Gi"}}))), "Guaranteed");
+    }
+
+    #[test]
+    fn image_pull_policy_follows_the_tag() {
+        let mut c = Map::new();
+        c.insert("image".into(), "nginx".into());
+        container_defaults(&mut c);
+        assert_eq!(c["imagePullPolicy"], "Always");
+        let mut c = Map::new();
+        c.insert("image".into(), "registry:5000/nginx:1.25".into());
+        container_defaults(&mut c);
+        assert_eq!(c["imagePullPolicy"], "IfNotPresent");
+    }
+
+    #[test]
+    fn unscheduled_pods_are_deleted_at_once() {
+        let pod = json!({"spec": {}, "status": {"phase": "Pending"}});
+        assert_eq!(Pods.grace_period(&pod, None), None);
+        let bound =
+            json!({"spec": {"nodeName": "n", "terminationGracePeriodSeconds": 5}, "status": {"phase": "Running"}});
+        assert_eq!(Pods.grace_period(&bound, None), Some(5));
+        assert_eq!(Pods.grace_period(&bound, Some(0)), Some(0));
+    }
+}

@@ -1,0 +1,146 @@
+//! The cluster's configuration: addresses, ranges and where state lives, with DESIGN.md's defaults.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+
+/// A bad setting.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("invalid {flag} {value:?}: {reason}")]
+    Invalid { flag: &'static str, value: String, reason: String },
+}
+
+fn invalid(flag: &'static str, value: &str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { flag, value: value.to_string(), reason: reason.into() }
+}
+
+/// An inclusive port range (`--node-port-range 30000-32767`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NodePortRange {
+    pub first: u16,
+    pub last: u16,
+}
+
+impl std::str::FromStr for NodePortRange {
+    type Err = ConfigError;
+    fn from_str(s: &str) -> Result<Self, ConfigError> {
+        let (a, b) = s.split_once('-').ok_or_else(|| invalid("--node-port-range", s, "expected FIRST-LAST"))?;
+        let parse = |p: &str| p.trim().parse::<u16>().map_err(|e| invalid("--node-port-range", s, e.to_string()));
+        let (first, last) = (parse(a)?, parse(b)?);
+        if first == 0 || first > last {
+            return Err(invalid("--node-port-range", s, "FIRST must be at least 1 and not above LAST"));
+        }
+        Ok(Self { first, last })
+    }
+}
+
+/// An IP network in CIDR notation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    pub addr: IpAddr,
+    pub prefix: u8,
+}
+
+impl Cidr {
+    fn parse(flag: &'static str, s: &str) -> Result<Self, ConfigError> {
+        let (a, p) = s.split_once('/').ok_or_else(|| invalid(flag, s, "expected ADDRESS/PREFIX"))?;
+        let addr: IpAddr = a.parse().map_err(|e: std::net::AddrParseError| invalid(flag, s, e.to_string()))?;
+        let prefix: u8 = p.parse().map_err(|e: std::num::ParseIntError| invalid(flag, s, e.to_string()))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        if prefix > max {
+            return Err(invalid(flag, s, format!("prefix longer than {max}")));
+        }
+        Ok(Self { addr, prefix })
+    }
+
+    /// The `n`th address of the network (`n` = 1 is the first usable one).
+    pub fn nth(&self, n: u128) -> IpAddr {
+        match self.addr {
+            IpAddr::V4(a) => IpAddr::V4(Ipv4Addr::from(u32::from(a).wrapping_add(n as u32))),
+            IpAddr::V6(a) => IpAddr::V6(std::net::Ipv6Addr::from(u128::from(a).wrapping_add(n))),
+        }
+    }
+}
+
+/// How to run a cluster.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where state lives; `None` keeps everything in memory (`--ephemeral`).
+    pub data_dir: Option<PathBuf>,
+    /// The HTTPS address; `None` serves in-process only.
+    pub listen: Option<SocketAddr>,
+    /// Where to write the kubeconfig; `None` writes none.
+    pub kubeconfig: Option<PathBuf>,
+    /// `--service-cidr`: one range, or two (IPv4,IPv6) for dual stack.
+    pub service_cidr: String,
+    pub pod_cidr: String,
+    pub node_port_range: NodePortRange,
+    pub cluster_domain: String,
+}
+
+impl Config {
+    /// In memory, in-process, nothing written anywhere.
+    pub fn ephemeral() -> Self {
+        Self {
+            data_dir: None,
+            listen: None,
+            kubeconfig: None,
+            service_cidr: "127.96.0.0/12".into(),
+            pod_cidr: "127.244.0.0/16".into(),
+            node_port_range: NodePortRange { first: 30000, last: 32767 },
+            cluster_domain: "cluster.local".into(),
+        }
+    }
+
+    /// The service ranges, parsed.
+    pub fn service_cidrs(&self) -> Result<Vec<Cidr>, ConfigError> {
+        let cidrs: Vec<Cidr> =
+            self.service_cidr.split(',').map(|s| Cidr::parse("--service-cidr", s.trim())).collect::<Result<_, _>>()?;
+        match cidrs.as_slice() {
+            [_] => Ok(cidrs),
+            [a, b] if a.addr.is_ipv4() != b.addr.is_ipv4() => Ok(cidrs),
+            _ => Err(invalid("--service-cidr", &self.service_cidr, "expected one range, or one IPv4 and one IPv6")),
+        }
+    }
+
+    /// The ClusterIP of `default/kubernetes`: the first address of the primary range.
+    pub fn kubernetes_service_ip(&self) -> String {
+        self.service_cidrs().ok().and_then(|c| c.first().map(|c| c.nth(1).to_string())).unwrap_or_default()
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.service_cidrs()?;
+        Cidr::parse("--pod-cidr", &self.pod_cidr)?;
+        let d = &self.cluster_domain;
+        if d.is_empty() || d.split('.').any(|l| l.is_empty() || l.len() > 63) {
+            return Err(invalid("--cluster-domain", d, "must be a DNS domain such as cluster.local"));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_on_loopback() {
+        let c = Config::ephemeral();
+        c.validate().expect("defaults are valid");
+        assert_eq!(c.kubernetes_service_ip(), "127.96.0.1");
+    }
+
+    #[test]
+    fn bad_settings_are_refused() {
+        assert!("32767-30000".parse::<NodePortRange>().is_err());
+        assert!("abc".parse::<NodePortRange>().is_err());
+        assert_eq!("30000-32767".parse::<NodePortRange>().ok(), Some(NodePortRange { first: 30000, last: 32767 }));
+        let mut c = Config::ephemeral();
+        c.service_cidr = "10.0.0.0/8,10.1.0.0/16".into();
+        assert!(c.validate().is_err());
+        c.service_cidr = "127.96.0.0/12,fd00:10:96::/112".into();
+        assert!(c.validate().is_ok());
+        c.cluster_domain = "bad..domain".into();
+        assert!(c.validate().is_err());
+    }
+}

@@ -1,0 +1,168 @@
+//! kplane: a Kubernetes control plane for Services in one binary, and the embedding API that
+//! starts a whole cluster in-process for tests.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), kplane::ClusterError> {
+//! use k8s_openapi::api::core::v1::Namespace;
+//! let cluster = kplane::Cluster::start().await?;
+//! let namespaces: kube::Api<Namespace> = kube::Api::all(cluster.client());
+//! assert!(namespaces.get("default").await.is_ok());
+//! # Ok(()) }
+//! ```
+
+mod config;
+
+pub use config::{Config, ConfigError, NodePortRange};
+
+use kplane_apiserver::auth::{self, AuthError, KubeconfigOutcome, TlsMaterial};
+use kplane_apiserver::http::{self, AppState, Authenticator};
+use kplane_apiserver::registry::Registry;
+use kplane_apiserver::storage::{SledBackend, StorageError, Store};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// Events kept in memory for watches to resume from.
+const HISTORY_WINDOW: usize = 50_000;
+
+/// Why a cluster could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("storage: {0}")]
+    Storage(#[from] StorageError),
+    #[error("{0}")]
+    Auth(#[from] AuthError),
+    #[error("configuration: {0}")]
+    Config(#[from] ConfigError),
+    #[error("listening on {addr}: {source}")]
+    Listen { addr: SocketAddr, source: std::io::Error },
+    #[error("data directory {}: {source}", path.display())]
+    DataDir { path: PathBuf, source: std::io::Error },
+    #[error("bootstrap: {0}")]
+    Bootstrap(#[from] kplane_apiserver::ApiError),
+}
+
+/// A running cluster: the API server (in-process, and over HTTPS when asked to listen).
+pub struct Cluster {
+    registry: Arc<Registry>,
+    client: kube::Client,
+    url: Option<String>,
+    kubeconfig: Option<PathBuf>,
+    kubeconfig_outcome: Option<KubeconfigOutcome>,
+    stop: Option<oneshot::Sender<()>>,
+    server: Option<JoinHandle<()>>,
+}
+
+impl Cluster {
+    /// An ephemeral in-process cluster with no socket: the fastest fixture for Rust tests.
+    pub async fn start() -> Result<Self, ClusterError> {
+        Self::start_with(Config::ephemeral()).await
+    }
+
+    /// A cluster as `config` says: storage on disk or in memory, HTTPS listener and kubeconfig if asked.
+    pub async fn start_with(config: Config) -> Result<Self, ClusterError> {
+        config.validate()?;
+        let store = match &config.data_dir {
+            None => Store::memory(),
+            Some(dir) => {
+                let db = dir.join("db");
+                std::fs::create_dir_all(&db).map_err(|source| ClusterError::DataDir { path: db.clone(), source })?;
+                Store::open(Arc::new(SledBackend::open(&db)?), HISTORY_WINDOW)?
+            }
+        };
+        let registry = Registry::new(store);
+        registry.bootstrap().await?;
+
+        let mut cluster = Cluster {
+            registry: registry.clone(),
+            client: in_process_client(&registry, "127.0.0.1:0"),
+            url: None,
+            kubeconfig: None,
+            kubeconfig_outcome: None,
+            stop: None,
+            server: None,
+        };
+        if let Some(addr) = config.listen {
+            cluster.listen(&config, addr).await?;
+        }
+        Ok(cluster)
+    }
+
+    async fn listen(&mut self, config: &Config, addr: SocketAddr) -> Result<(), ClusterError> {
+        let listener =
+            tokio::net::TcpListener::bind(addr).await.map_err(|source| ClusterError::Listen { addr, source })?;
+        let local = listener.local_addr().map_err(|source| ClusterError::Listen { addr, source })?;
+        let host = match local.ip() {
+            ip if ip.is_unspecified() => "127.0.0.1".to_string(),
+            ip => ip.to_string(),
+        };
+        let advertise = SocketAddr::new(host.parse().unwrap_or(local.ip()), local.port()).to_string();
+        let secrets = config.data_dir.as_deref().map(|d| d.join("pki"));
+        let tls = TlsMaterial::load_or_create(secrets.as_deref(), &[host.clone(), config.kubernetes_service_ip()])?;
+        let token = auth::load_or_create_token(secrets.as_deref())?;
+        let url = format!("https://{advertise}");
+        if let Some(path) = &config.kubeconfig {
+            self.kubeconfig_outcome = Some(auth::write_kubeconfig(path, &url, tls.ca_pem(), &token, "kplane")?);
+            self.kubeconfig = Some(path.clone());
+        }
+        let state = Arc::new(AppState { registry: self.registry.clone(), advertise });
+        let router = Authenticator::new(&token).protect(http::router(state));
+        let server_config = tls.server_config()?;
+        let (stop, stopped) = oneshot::channel();
+        self.server = Some(tokio::spawn(http::serve_tls(listener, router, server_config, async {
+            let _ = stopped.await;
+        })));
+        self.stop = Some(stop);
+        self.url = Some(url);
+        Ok(())
+    }
+
+    /// A client that talks to the API server in-process (no socket, no TLS).
+    pub fn client(&self) -> kube::Client {
+        self.client.clone()
+    }
+
+    /// The HTTPS URL, when the cluster listens.
+    pub fn url(&self) -> Option<&str> {
+        self.url.as_deref()
+    }
+
+    /// The kubeconfig written for this cluster, if any.
+    pub fn kubeconfig(&self) -> Option<&Path> {
+        self.kubeconfig.as_deref()
+    }
+
+    /// Whether the kubeconfig was merged into a file kplane does not own.
+    pub fn kubeconfig_merged(&self) -> bool {
+        self.kubeconfig_outcome == Some(KubeconfigOutcome::Merged)
+    }
+
+    /// Stops serving: no new connections; open ones get a moment to finish.
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(server) = self.server.take() {
+            let _ = server.await;
+        }
+    }
+}
+
+/// A `kube::Client` whose requests go straight to the router as a tower service.
+fn in_process_client(registry: &Arc<Registry>, advertise: &str) -> kube::Client {
+    let state = Arc::new(AppState { registry: registry.clone(), advertise: advertise.to_string() });
+    let router = http::router(state);
+    let service = tower::ServiceBuilder::new()
+        .map_request(|mut req: ::http::Request<kube::client::Body>| {
+            // kube sends relative URIs to its base URL; the router only needs the path and query.
+            let pq = req.uri().path_and_query().cloned();
+            if let Some(pq) = pq {
+                *req.uri_mut() = ::http::Uri::from(pq);
+            }
+            req
+        })
+        .service(router);
+    kube::Client::new(service, "default")
+}
