@@ -51,10 +51,12 @@ impl Registry {
         let generate = meta_str(&obj, "name").is_none().then(|| meta_str(&obj, "generateName").map(str::to_string));
         let generate = generate.flatten();
         let strategy = r.strategy();
+        strategy.set_defaults(&mut obj);
         meta::fill_create(&mut obj, strategy.tracks_generation());
         if let Some(prefix) = &generate {
             meta::meta_mut(&mut obj).insert("name".into(), meta::generate_name(prefix).into());
         }
+        let txn = strategy.begin_create(&mut obj, opts.dry_run)?;
         strategy.prepare_for_create(&mut obj);
         self.validate_create(r, &obj)?;
         strategy.canonicalize(&mut obj);
@@ -71,6 +73,9 @@ impl Registry {
             let op = Op::Put { key, value: encode(&obj)?, pre: Precondition::Absent };
             match self.store.commit(vec![op]).await {
                 Ok(revision) => {
+                    if let Some(txn) = txn {
+                        txn.commit();
+                    }
                     meta::set_resource_version(&mut obj, revision);
                     return Ok(obj);
                 }
@@ -192,6 +197,9 @@ impl Registry {
             };
             let old = decode(&current)?;
             let mut new = change(&old)?;
+            if sub.is_none() {
+                strategy.set_defaults(&mut new);
+            }
             check_type(r, &new)?;
             set_namespace(r, &mut new, ns)?;
             let body_rv = match requested_rv {
@@ -210,11 +218,18 @@ impl Registry {
                 }
                 _ => {}
             }
-            match sub {
-                Some(Subresource::Status) => new = with_status_of(&old, &new),
+            let txn = match sub {
+                Some(Subresource::Status) => {
+                    new = with_status_of(&old, &new);
+                    None
+                }
                 Some(Subresource::Scale) => return Err(ApiError::internal("scale is updated through its own path")),
-                None => strategy.prepare_for_update(&mut new, &old),
-            }
+                None => {
+                    let txn = strategy.begin_update(&mut new, &old, opts.dry_run)?;
+                    strategy.prepare_for_update(&mut new, &old);
+                    txn
+                }
+            };
             meta::keep_on_update(&mut new, &old, strategy.tracks_generation());
             let mut errs = validation::validate_object_meta_update(
                 new.get("metadata").unwrap_or(&Value::Null),
@@ -224,23 +239,29 @@ impl Registry {
             invalid_if_any(r, &new, errs)?;
             strategy.canonicalize(&mut new);
 
-            let op =
-                if meta::is_deleting(&new) && meta::finalizers(&new).is_empty() && !strategy.pending_finalization(&new)
-                {
-                    // The last finalizer is gone: the update completes the deletion (`ShouldDeleteDuringUpdate`).
-                    Op::Delete { key: key.clone(), pre: Precondition::ModRevision(current.mod_revision) }
-                } else {
-                    let value = encode(&new)?;
-                    if value == current.value {
-                        return Ok((old, false)); // nothing changed: no write, no new revision
-                    }
-                    Op::Put { key: key.clone(), value, pre: Precondition::ModRevision(current.mod_revision) }
-                };
+            let finished =
+                meta::is_deleting(&new) && meta::finalizers(&new).is_empty() && !strategy.pending_finalization(&new);
+            let op = if finished {
+                // The last finalizer is gone: the update completes the deletion (`ShouldDeleteDuringUpdate`).
+                Op::Delete { key: key.clone(), pre: Precondition::ModRevision(current.mod_revision) }
+            } else {
+                let value = encode(&new)?;
+                if value == current.value {
+                    return Ok((old, false)); // nothing changed: no write, no new revision
+                }
+                Op::Put { key: key.clone(), value, pre: Precondition::ModRevision(current.mod_revision) }
+            };
             if opts.dry_run {
                 return Ok((new, false));
             }
             match self.store.commit(vec![op]).await {
                 Ok(revision) => {
+                    if let Some(txn) = txn {
+                        txn.commit();
+                    }
+                    if finished {
+                        strategy.after_delete(&new);
+                    }
                     meta::set_resource_version(&mut new, revision);
                     return Ok((new, false));
                 }
@@ -295,6 +316,8 @@ impl Registry {
                 Ok(revision) => {
                     if pending {
                         meta::set_resource_version(&mut obj, revision);
+                    } else {
+                        strategy.after_delete(&obj);
                     }
                     return Ok(obj);
                 }

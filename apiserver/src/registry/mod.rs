@@ -114,7 +114,25 @@ pub trait Strategy: Send + Sync + 'static {
         false
     }
 
-    /// Clears what a client may not set on create (e.g. `status`) and fills defaults.
+    /// Defaults applied to every object a client sends, as upstream's decode-time defaulting
+    /// (`SetDefaults_<Kind>`): on create, update and the result of a patch.
+    fn set_defaults(&self, _obj: &mut Value) {}
+
+    /// Work a create needs before validation (allocation), undone unless the write commits
+    /// (`BeginCreate`). Runs after defaulting and system fields, before `prepare_for_create`.
+    fn begin_create(&self, _obj: &mut Value, _dry_run: bool) -> ApiResult<Option<Box<dyn Transaction>>> {
+        Ok(None)
+    }
+
+    /// As [`Strategy::begin_create`], for updates (`BeginUpdate`).
+    fn begin_update(&self, _new: &mut Value, _old: &Value, _dry_run: bool) -> ApiResult<Option<Box<dyn Transaction>>> {
+        Ok(None)
+    }
+
+    /// Work after an object is gone for good (`AfterDelete`): release what it held.
+    fn after_delete(&self, _obj: &Value) {}
+
+    /// Clears what a client may not set on create (e.g. `status`).
     fn prepare_for_create(&self, _obj: &mut Value) {}
 
     /// Restores what a client may not change on update (e.g. `status` from `old`).
@@ -179,6 +197,12 @@ pub trait Strategy: Send + Sync + 'static {
     fn table_row(&self, obj: &Value) -> Vec<Value> {
         table::default_row(obj)
     }
+}
+
+/// Work done ahead of a write (an allocation): committed when the write is stored, undone when
+/// the value is dropped without a commit (the Rust form of upstream's `FinishFunc`).
+pub trait Transaction: Send {
+    fn commit(self: Box<Self>);
 }
 
 /// A served kind: its strategy and the store.
