@@ -18,6 +18,7 @@ use kplane_apiserver::auth::{self, AuthError, KubeconfigOutcome, TlsMaterial};
 use kplane_apiserver::http::{self, AppState, Authenticator};
 use kplane_apiserver::registry::Registry;
 use kplane_apiserver::storage::{SledBackend, StorageError, Store};
+use kplane_controllers::builtin_services::BuiltinServices;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -40,6 +41,8 @@ pub enum ClusterError {
     Listen { addr: SocketAddr, source: std::io::Error },
     #[error("data directory {}: {source}", path.display())]
     DataDir { path: PathBuf, source: std::io::Error },
+    #[error("controllers: {0}")]
+    Controller(kube::Error),
     #[error("bootstrap: {0}")]
     Bootstrap(#[from] kplane_apiserver::ApiError),
 }
@@ -53,6 +56,16 @@ pub struct Cluster {
     kubeconfig_outcome: Option<KubeconfigOutcome>,
     stop: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<()>>,
+    /// Controllers and other background work, ended with the cluster.
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
 }
 
 impl Cluster {
@@ -83,14 +96,31 @@ impl Cluster {
             kubeconfig_outcome: None,
             stop: None,
             server: None,
+            tasks: Vec::new(),
         };
-        if let Some(addr) = config.listen {
-            cluster.listen(&config, addr).await?;
-        }
+        let apiserver = match config.listen {
+            Some(addr) => cluster.listen(&config, addr).await?,
+            None => SocketAddr::from(([127, 0, 0, 1], 6443)),
+        };
+        cluster.start_controllers(&config, apiserver).await?;
         Ok(cluster)
     }
 
-    async fn listen(&mut self, config: &Config, addr: SocketAddr) -> Result<(), ClusterError> {
+    /// The controllers that run inside the binary. The built-in Services exist before this returns.
+    async fn start_controllers(&mut self, config: &Config, apiserver: SocketAddr) -> Result<(), ClusterError> {
+        let cidrs = config.service_cidrs()?;
+        let builtin = BuiltinServices {
+            kubernetes_ip: cidrs[0].nth(1),
+            dns_ip: cidrs[0].nth(10),
+            apiserver: apiserver.ip(),
+            apiserver_port: apiserver.port(),
+        };
+        builtin.ensure(&self.client).await.map_err(ClusterError::Controller)?;
+        self.tasks.push(tokio::spawn(builtin.run(self.client.clone())));
+        Ok(())
+    }
+
+    async fn listen(&mut self, config: &Config, addr: SocketAddr) -> Result<SocketAddr, ClusterError> {
         let listener =
             tokio::net::TcpListener::bind(addr).await.map_err(|source| ClusterError::Listen { addr, source })?;
         let local = listener.local_addr().map_err(|source| ClusterError::Listen { addr, source })?;
@@ -116,7 +146,7 @@ impl Cluster {
         })));
         self.stop = Some(stop);
         self.url = Some(url);
-        Ok(())
+        Ok(SocketAddr::new(host.parse().unwrap_or(local.ip()), local.port()))
     }
 
     /// A client that talks to the API server in-process (no socket, no TLS).
@@ -141,6 +171,9 @@ impl Cluster {
 
     /// Stops serving: no new connections; open ones get a moment to finish.
     pub async fn shutdown(mut self) {
+        for t in self.tasks.drain(..) {
+            t.abort();
+        }
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }

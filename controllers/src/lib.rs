@@ -1,1 +1,5 @@
-//! placeholder
+//! kplane's controllers. Each is an ordinary Kubernetes client over a `kube::Client`: in the
+//! single binary that client is in-process; pointed at another API server, the same code runs
+//! against a real cluster.
+
+pub mod builtin_services;
