@@ -16,7 +16,7 @@ pub use config::{Config, ConfigError, NodePortRange};
 
 use kplane_apiserver::auth::{self, AuthError, KubeconfigOutcome, TlsMaterial};
 use kplane_apiserver::http::{self, AppState, Authenticator};
-use kplane_apiserver::registry::Registry;
+use kplane_apiserver::registry::{Registry, RegistryConfig};
 use kplane_apiserver::storage::{SledBackend, StorageError, Store};
 use kplane_controllers::builtin_services::BuiltinServices;
 use std::net::SocketAddr;
@@ -41,6 +41,8 @@ pub enum ClusterError {
     Listen { addr: SocketAddr, source: std::io::Error },
     #[error("data directory {}: {source}", path.display())]
     DataDir { path: PathBuf, source: std::io::Error },
+    #[error("service ranges: {0}")]
+    Ranges(String),
     #[error("controllers: {0}")]
     Controller(kube::Error),
     #[error("bootstrap: {0}")]
@@ -85,7 +87,11 @@ impl Cluster {
                 Store::open(Arc::new(SledBackend::open(&db)?), HISTORY_WINDOW)?
             }
         };
-        let registry = Registry::new(store);
+        let ranges = RegistryConfig {
+            service_cidrs: config.service_cidr.split(',').map(|s| s.trim().to_string()).collect(),
+            node_ports: (config.node_port_range.first, config.node_port_range.last),
+        };
+        let registry = Registry::new(store, &ranges).map_err(|e| ClusterError::Ranges(e.to_string()))?;
         registry.bootstrap().await?;
 
         let mut cluster = Cluster {
@@ -152,6 +158,11 @@ impl Cluster {
     /// A client that talks to the API server in-process (no socket, no TLS).
     pub fn client(&self) -> kube::Client {
         self.client.clone()
+    }
+
+    /// Service IPs and NodePorts the allocators hold (for tests: no leaks, no doubles).
+    pub fn service_allocations(&self) -> (usize, usize) {
+        self.registry.service_allocations()
     }
 
     /// The HTTPS URL, when the cluster listens.

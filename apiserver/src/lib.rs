@@ -8,6 +8,7 @@
 // returning it by value is fine.
 #![allow(clippy::result_large_err)]
 
+pub mod alloc;
 pub mod auth;
 pub mod error;
 pub mod http;

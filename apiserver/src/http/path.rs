@@ -54,7 +54,7 @@ mod tests {
 
     #[test]
     fn paths_resolve_as_upstream() {
-        let registry = Registry::new(Store::memory());
+        let registry = Registry::new(Store::memory(), &Default::default()).expect("default ranges");
         let cases = [
             ("/api/v1/namespaces", Some("namespaces ns=None name=None sub=None")),
             ("/api/v1/namespaces/default", Some("namespaces ns=None name=Some(\"default\") sub=None")),

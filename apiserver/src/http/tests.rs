@@ -13,7 +13,7 @@ use std::sync::Arc;
 use tower::ServiceExt;
 
 async fn app() -> Router {
-    let registry = Registry::new(Store::memory());
+    let registry = Registry::new(Store::memory(), &Default::default()).expect("default ranges");
     registry.bootstrap().await.expect("bootstrap");
     router(Arc::new(AppState { registry, advertise: "127.0.0.1:6443".into() }))
 }
@@ -35,8 +35,7 @@ async fn call(app: &Router, method: &str, uri: &str, body: Option<Value>, header
     };
     let resp = app.clone().oneshot(req.body(body).expect("request")).await.expect("infallible");
     let status = resp.status();
-    let content_type =
-        resp.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    let content_type = resp.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
     let bytes = resp.into_body().collect().await.expect("body").to_bytes();
     let body = serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
     Reply { status, content_type, body }
@@ -70,7 +69,8 @@ async fn aggregated_discovery_is_negotiated_per_kubectl_version() {
     let r = call(&app, "GET", "/api", None, &[("accept", "application/json, */*")]).await;
     assert_eq!(r.body["kind"], "APIVersions");
     let r = call(&app, "GET", "/apis/apps/v1", None, &[]).await;
-    let names: Vec<&str> = r.body["resources"].as_array().expect("list").iter().filter_map(|r| r["name"].as_str()).collect();
+    let names: Vec<&str> =
+        r.body["resources"].as_array().expect("list").iter().filter_map(|r| r["name"].as_str()).collect();
     assert!(names.contains(&"deployments/scale"), "{names:?}");
 }
 
@@ -99,7 +99,8 @@ async fn create_get_list_with_selectors_and_metadata() {
 
     let r = call(&app, "GET", &format!("{CMS}?labelSelector=app%20in%20(x,z)"), None, &[]).await;
     assert_eq!(r.body["kind"], "ConfigMapList");
-    let names: Vec<&str> = r.body["items"].as_array().expect("items").iter().filter_map(|i| i["metadata"]["name"].as_str()).collect();
+    let names: Vec<&str> =
+        r.body["items"].as_array().expect("items").iter().filter_map(|i| i["metadata"]["name"].as_str()).collect();
     assert_eq!(names, ["a"]);
     let r = call(&app, "GET", "/api/v1/configmaps?fieldSelector=metadata.name!=a", None, &[]).await;
     assert_eq!(r.body["items"].as_array().map(Vec::len), Some(1));
@@ -157,9 +158,18 @@ async fn updates_are_optimistic_and_patches_apply() {
     let r = call(&app, "PATCH", &format!("{CMS}/a"), Some(json!({"metadata": {"labels": {"l": "1"}}})), &merge).await;
     assert_eq!(r.body["metadata"]["labels"]["l"], "1");
     let jp = [("content-type", "application/json-patch+json")];
-    let r = call(&app, "PATCH", &format!("{CMS}/a"), Some(json!([{"op": "replace", "path": "/data/k", "value": "v3"}])), &jp).await;
+    let r = call(
+        &app,
+        "PATCH",
+        &format!("{CMS}/a"),
+        Some(json!([{"op": "replace", "path": "/data/k", "value": "v3"}])),
+        &jp,
+    )
+    .await;
     assert_eq!(r.body["data"]["k"], "v3");
-    let r = call(&app, "PATCH", &format!("{CMS}/a"), Some(json!([{"op": "test", "path": "/data/k", "value": "no"}])), &jp).await;
+    let r =
+        call(&app, "PATCH", &format!("{CMS}/a"), Some(json!([{"op": "test", "path": "/data/k", "value": "no"}])), &jp)
+            .await;
     assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
     let r = call(&app, "PATCH", &format!("{CMS}/a"), Some(json!({})), &[("content-type", "text/plain")]).await;
     assert_eq!(r.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
@@ -180,7 +190,12 @@ impl<F: std::future::Future<Output = Reply>> AwaitDefault for F {
     }
 }
 
-fn call_ok<'a>(app: &'a Router, method: &'a str, uri: &'a str, body: Option<Value>) -> impl std::future::Future<Output = Reply> + 'a {
+fn call_ok<'a>(
+    app: &'a Router,
+    method: &'a str,
+    uri: &'a str,
+    body: Option<Value>,
+) -> impl std::future::Future<Output = Reply> + 'a {
     call(app, method, uri, body, &[])
 }
 
@@ -251,7 +266,10 @@ async fn bad_requests_get_upstream_statuses() {
     let mut other_ns = cm("a", json!({}));
     other_ns["metadata"]["namespace"] = "kube-system".into();
     let r = call_ok(&app, "POST", CMS, Some(other_ns)).await;
-    assert_eq!(r.body["message"], "the namespace of the provided object does not match the namespace sent on the request");
+    assert_eq!(
+        r.body["message"],
+        "the namespace of the provided object does not match the namespace sent on the request"
+    );
     let r = call_ok(&app, "POST", CMS, Some(cm("Bad_Name", json!({})))).await;
     assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(r.body["details"]["causes"][0]["field"], "metadata.name");
@@ -264,7 +282,9 @@ async fn bad_requests_get_upstream_statuses() {
     assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE);
     let raw = app
         .clone()
-        .oneshot(Request::post(CMS).header("content-type", "application/json").body(Body::from("{not json")).expect("req"))
+        .oneshot(
+            Request::post(CMS).header("content-type", "application/json").body(Body::from("{not json")).expect("req"),
+        )
         .await
         .expect("infallible");
     assert_eq!(raw.status(), StatusCode::BAD_REQUEST);
@@ -277,7 +297,10 @@ async fn bad_requests_get_upstream_statuses() {
 async fn tables_for_kubectl_get() {
     let app = app().await;
     call_ok(&app, "POST", CMS, Some(cm("a", json!({"app": "x"})))).await_default().await;
-    let accept = [("accept", "application/json;as=Table;v=v1;g=meta.k8s.io,application/json;as=Table;v=v1beta1;g=meta.k8s.io,application/json")];
+    let accept = [(
+        "accept",
+        "application/json;as=Table;v=v1;g=meta.k8s.io,application/json;as=Table;v=v1beta1;g=meta.k8s.io,application/json",
+    )];
     let r = call(&app, "GET", CMS, None, &accept).await;
     assert_eq!(r.body["kind"], "Table");
     assert_eq!(r.body["columnDefinitions"][0]["name"], "Name");
@@ -363,12 +386,11 @@ async fn watches_resume_after_a_revision_and_filter() {
     let events = watcher.await.expect("watcher");
     let seen: Vec<(String, String)> = events
         .iter()
-        .map(|e| (e["type"].as_str().unwrap_or("").into(), e["object"]["metadata"]["name"].as_str().unwrap_or("").into()))
+        .map(|e| {
+            (e["type"].as_str().unwrap_or("").into(), e["object"]["metadata"]["name"].as_str().unwrap_or("").into())
+        })
         .collect();
-    assert_eq!(
-        seen,
-        [("ADDED".into(), "b".into()), ("DELETED".into(), "a".into()), ("DELETED".into(), "b".into())]
-    );
+    assert_eq!(seen, [("ADDED".into(), "b".into()), ("DELETED".into(), "a".into()), ("DELETED".into(), "b".into())]);
 }
 
 #[tokio::test]
@@ -377,7 +399,8 @@ async fn watch_from_zero_sends_state_then_initial_events_end() {
     call_ok(&app, "POST", CMS, Some(cm("a", json!({})))).await_default().await;
     let events = watch_events(&app, &format!("{CMS}?watch=1&resourceVersion=0"), 1).await;
     assert_eq!(events[0]["type"], "ADDED");
-    let uri = format!("{CMS}?watch=1&sendInitialEvents=true&allowWatchBookmarks=true&resourceVersionMatch=NotOlderThan");
+    let uri =
+        format!("{CMS}?watch=1&sendInitialEvents=true&allowWatchBookmarks=true&resourceVersionMatch=NotOlderThan");
     let events = watch_events(&app, &uri, 2).await;
     assert_eq!(events[1]["type"], "BOOKMARK");
     assert_eq!(events[1]["object"]["metadata"]["annotations"]["k8s.io/initial-events-end"], "true");
@@ -407,7 +430,11 @@ async fn watch_tables_carry_columns_once() {
         let frame = body.frame().await.expect("open").expect("frame");
         text.extend_from_slice(&frame.into_data().unwrap_or_default());
     }
-    let lines: Vec<Value> = text.split(|b| *b == b'\n').filter(|l| !l.is_empty()).map(|l| serde_json::from_slice(l).expect("json")).collect();
+    let lines: Vec<Value> = text
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| serde_json::from_slice(l).expect("json"))
+        .collect();
     assert_eq!(lines[0]["object"]["kind"], "Table");
     assert!(lines[0]["object"]["columnDefinitions"].is_array());
     assert!(lines[1]["object"].get("columnDefinitions").is_none());

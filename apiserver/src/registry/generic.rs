@@ -197,9 +197,7 @@ impl Registry {
             };
             let old = decode(&current)?;
             let mut new = change(&old)?;
-            if sub.is_none() {
-                strategy.set_defaults(&mut new);
-            }
+            strategy.set_defaults(&mut new);
             check_type(r, &new)?;
             set_namespace(r, &mut new, ns)?;
             let body_rv = match requested_rv {
@@ -235,7 +233,10 @@ impl Registry {
                 new.get("metadata").unwrap_or(&Value::Null),
                 old.get("metadata").unwrap_or(&Value::Null),
             );
-            errs.extend(strategy.validate_update(&new, &old));
+            match sub {
+                Some(Subresource::Status) => errs.extend(strategy.validate_status_update(&new, &old)),
+                _ => errs.extend(strategy.validate_update(&new, &old)),
+            }
             invalid_if_any(r, &new, errs)?;
             strategy.canonicalize(&mut new);
 
@@ -389,17 +390,17 @@ fn invalid_if_any(r: &Resource, obj: &Value, errs: Vec<FieldError>) -> ApiResult
     Err(ApiError::invalid(info.group, info.kind, meta::name(obj), errs))
 }
 
-/// The old object with the new one's `status` (and nothing else): the status subresource.
+/// A write through `/status`: the new status and metadata, everything else (the spec) as it
+/// was, as upstream's status strategies keep `Spec` from the old object.
 fn with_status_of(old: &Value, new: &Value) -> Value {
-    let mut out = old.clone();
-    if let Value::Object(o) = &mut out {
-        match new.get("status") {
-            Some(s) => o.insert("status".into(), s.clone()),
-            None => o.remove("status"),
-        };
-    }
-    if let Some(rv) = meta_str(new, "resourceVersion") {
-        meta::meta_mut(&mut out).insert("resourceVersion".into(), rv.into());
+    let mut out = new.clone();
+    if let (Value::Object(o), Value::Object(old)) = (&mut out, old) {
+        o.retain(|k, _| matches!(k.as_str(), "apiVersion" | "kind" | "metadata" | "status"));
+        for (k, v) in old {
+            if !matches!(k.as_str(), "apiVersion" | "kind" | "metadata" | "status") {
+                o.insert(k.clone(), v.clone());
+            }
+        }
     }
     out
 }

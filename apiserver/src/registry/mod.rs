@@ -146,6 +146,17 @@ pub trait Strategy: Send + Sync + 'static {
         self.validate(new)
     }
 
+    /// Validation of a write through `/status`.
+    fn validate_status_update(&self, _new: &Value, _old: &Value) -> Vec<FieldError> {
+        Vec::new()
+    }
+
+    /// Rebuilds in-memory state (allocators) from the stored objects at start-up; returns the
+    /// problems found, as (object, reason, message) for Warning events.
+    fn restore(&self, _objects: &[Value]) -> Vec<(Value, String, String)> {
+        Vec::new()
+    }
+
     /// Normalises the object before it is stored.
     fn canonicalize(&self, _obj: &mut Value) {}
 
@@ -220,18 +231,35 @@ impl Resource {
     }
 }
 
+/// What the registry needs to know about the cluster.
+#[derive(Debug, Clone)]
+pub struct RegistryConfig {
+    /// Service IP ranges: one, or an IPv4 and an IPv6 one (primary first).
+    pub service_cidrs: Vec<String>,
+    /// The NodePort range, inclusive.
+    pub node_ports: (u16, u16),
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        Self { service_cidrs: vec!["127.96.0.0/12".into()], node_ports: (30000, 32767) }
+    }
+}
+
 /// Every kind kplane serves, with the store they share.
 pub struct Registry {
     resources: Vec<Arc<Resource>>,
     store: Arc<Store>,
+    service_allocators: services::alloc::ServiceAllocators,
 }
 
 impl Registry {
     /// The registry of built-in kinds over `store`.
-    pub fn new(store: Arc<Store>) -> Arc<Self> {
+    pub fn new(store: Arc<Store>, config: &RegistryConfig) -> Result<Arc<Self>, crate::alloc::AllocError> {
+        let allocators = services::alloc::ServiceAllocators::new(&config.service_cidrs, config.node_ports)?;
         let strategies: Vec<Box<dyn Strategy>> = vec![
             Box::new(namespaces::Namespaces),
-            Box::new(services::Services),
+            Box::new(services::Services::new(allocators.clone())),
             Box::new(endpoints::Endpoints),
             Box::new(pods::Pods),
             Box::new(nodes::Nodes),
@@ -246,7 +274,7 @@ impl Registry {
             Box::new(leases::Leases),
         ];
         let resources = strategies.into_iter().map(|strategy| Arc::new(Resource { strategy })).collect();
-        Arc::new(Self { resources, store })
+        Ok(Arc::new(Self { resources, store, service_allocators: allocators }))
     }
 
     pub fn resources(&self) -> &[Arc<Resource>] {
@@ -255,6 +283,11 @@ impl Registry {
 
     pub fn store(&self) -> &Arc<Store> {
         &self.store
+    }
+
+    /// Service IPs (all families) and NodePorts in use, as the allocators see them.
+    pub fn service_allocations(&self) -> (usize, usize) {
+        self.service_allocators.used()
     }
 
     /// The resource served at `group`/`version` under `plural`.
@@ -274,8 +307,10 @@ impl Registry {
         self.lookup("", "v1", "namespaces").ok_or_else(|| ApiError::internal("namespaces are not registered"))
     }
 
-    /// Creates the namespaces that exist from the start (`default`, `kube-system`, …).
+    /// Rebuilds in-memory state from storage (the repair pass) and creates the namespaces that
+    /// exist from the start (`default`, `kube-system`, …).
     pub async fn bootstrap(&self) -> ApiResult<()> {
+        self.restore().await?;
         let namespaces = self.namespaces()?.clone();
         for name in ["default", "kube-system", "kube-public", "kube-node-lease"] {
             if self.get(&namespaces, None, name).is_ok() {
@@ -306,5 +341,46 @@ fn keep_status(new: &mut Value, old: &Value) {
             Some(s) => o.insert("status".into(), s.clone()),
             None => o.remove("status"),
         };
+    }
+}
+
+impl Registry {
+    /// Hands every kind its stored objects to rebuild from, and reports what it found wrong as
+    /// Warning events on the objects (as upstream's repair controllers do).
+    async fn restore(&self) -> ApiResult<()> {
+        let mut problems = Vec::new();
+        for r in &self.resources {
+            let list = self.list(r, None, &ListOptions::default())?;
+            let items = list["items"].as_array().map(Vec::as_slice).unwrap_or(&[]);
+            problems.extend(r.strategy().restore(items));
+        }
+        for (obj, reason, message) in problems {
+            tracing::warn!(%reason, %message, "repair");
+            self.record_event(&obj, "Warning", &reason, &message).await;
+        }
+        Ok(())
+    }
+
+    /// Records a core/v1 Event about `obj` (best effort: a failure is only logged).
+    pub async fn record_event(&self, obj: &Value, type_: &str, reason: &str, message: &str) {
+        let Some(events) = self.lookup("", "v1", "events").cloned() else { return };
+        let m = &obj["metadata"];
+        let ns = m["namespace"].as_str().unwrap_or("default").to_string();
+        let name = m["name"].as_str().unwrap_or("");
+        let now = meta::now();
+        let event = serde_json::json!({
+            "metadata": {"generateName": format!("{name}."), "namespace": ns},
+            "involvedObject": {
+                "apiVersion": obj["apiVersion"], "kind": obj["kind"], "name": name, "namespace": m["namespace"],
+                "uid": m["uid"], "resourceVersion": m["resourceVersion"],
+            },
+            "reason": reason, "message": message, "type": type_,
+            "source": {"component": "kplane-apiserver"},
+            "reportingComponent": "kplane-apiserver",
+            "firstTimestamp": now, "lastTimestamp": now, "count": 1,
+        });
+        if let Err(e) = self.create(&events, Some(&ns), event, &WriteOptions::default()).await {
+            tracing::warn!(error = %e, "recording an event");
+        }
     }
 }

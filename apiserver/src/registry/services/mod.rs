@@ -1,7 +1,17 @@
-//! Services (`pkg/registry/core/service/strategy.go`): name rule, status handling, create on update.
+//! Services (`pkg/registry/core/service/strategy.go`, `storage/storage.go`, `storage/alloc.go`):
+//! defaulting, IP families, ClusterIP/NodePort allocation, type transitions, validation and
+//! the status subresource.
 
-use super::{ResourceInfo, Scope, Strategy, Subresource, keep_status, reset_status};
+pub mod alloc;
+pub mod defaults;
+pub mod validation;
+
+use super::{ResourceInfo, Scope, Strategy, Subresource, Transaction, keep_status, reset_status};
+use crate::error::{ApiError, ApiResult, FieldError};
+use alloc::ServiceAllocators;
+use k8s_openapi::api::core::v1::Service;
 use serde_json::{Value, json};
+use validation::ValidationContext;
 
 pub static INFO: ResourceInfo = ResourceInfo {
     group: "",
@@ -15,7 +25,97 @@ pub static INFO: ResourceInfo = ResourceInfo {
     subresources: &[Subresource::Status],
 };
 
-pub struct Services;
+pub struct Services {
+    allocators: ServiceAllocators,
+    ctx: ValidationContext,
+}
+
+impl Services {
+    pub fn new(allocators: ServiceAllocators) -> Self {
+        let ctx = ValidationContext { ip_families: allocators.families().to_vec(), ..Default::default() };
+        Self { allocators, ctx }
+    }
+}
+
+/// The typed Service of a JSON object; a body that does not decode is a 400, as upstream's decoder.
+fn typed(obj: &Value) -> ApiResult<Service> {
+    serde_json::from_value(obj.clone())
+        .map_err(|e| ApiError::bad_request(format!("Service in version \"v1\" cannot be handled as a Service: {e}")))
+}
+
+/// Writes the typed spec (and status) back into the JSON object, leaving everything else as sent.
+fn write_back(obj: &mut Value, svc: &Service) {
+    if let Value::Object(o) = obj {
+        match &svc.spec {
+            Some(spec) => o.insert("spec".into(), serde_json::to_value(spec).unwrap_or(Value::Null)),
+            None => o.remove("spec"),
+        };
+        if let Some(status) = &svc.status {
+            o.insert("status".into(), serde_json::to_value(status).unwrap_or(Value::Null));
+        }
+    }
+}
+
+fn invalid(svc: &Service, errs: Vec<FieldError>) -> ApiError {
+    ApiError::invalid("", "Service", svc.metadata.name.as_deref().unwrap_or(""), errs)
+}
+
+/// `normalizeClusterIPs`: keep `clusterIP` and `clusterIPs` consistent the way old clients expect.
+fn normalize_cluster_ips(new: &mut Service, old: Option<&Service>) {
+    let Some(spec) = new.spec.as_mut() else { return };
+    let old_spec = old.and_then(|o| o.spec.as_ref());
+    let ip = spec.cluster_ip.clone().filter(|s| !s.is_empty());
+    let ips = spec.cluster_ips.clone().unwrap_or_default();
+    match old_spec {
+        None => {
+            if let (Some(ip), true) = (ip, ips.is_empty()) {
+                spec.cluster_ips = Some(vec![ip]);
+            }
+        }
+        Some(old) => {
+            let old_ips = old.cluster_ips.clone().unwrap_or_default();
+            let old_ip = old.cluster_ip.clone().filter(|s| !s.is_empty());
+            if ips.is_empty() && ip.is_some() && ip == old_ip {
+                spec.cluster_ips = old.cluster_ips.clone();
+            } else if ips == old_ips && ip != old_ip {
+                spec.cluster_ips = ip.map(|ip| vec![ip]);
+            }
+        }
+    }
+}
+
+/// `patchAllocatedValues`: an update that omits allocated values keeps them (apply idempotence).
+fn patch_allocated_values(new: &mut Service, old: &Service) {
+    let (Some(spec), Some(old_spec)) = (new.spec.as_mut(), old.spec.as_ref()) else { return };
+    let needs_ip = |t: Option<&str>| t != Some("ExternalName");
+    if needs_ip(spec.type_.as_deref()) && needs_ip(old_spec.type_.as_deref()) {
+        if spec.cluster_ip.as_deref().is_none_or(str::is_empty) {
+            spec.cluster_ip = old_spec.cluster_ip.clone();
+        }
+        if spec.cluster_ips.as_ref().is_none_or(Vec::is_empty) {
+            spec.cluster_ips = old_spec.cluster_ips.clone();
+        }
+    }
+    let needs_ports = |t: Option<&str>| matches!(t, Some("NodePort" | "LoadBalancer"));
+    if needs_ports(spec.type_.as_deref()) && needs_ports(old_spec.type_.as_deref()) {
+        let used: Vec<i32> = spec.ports.iter().flatten().filter_map(|p| p.node_port).filter(|n| *n != 0).collect();
+        for p in spec.ports.iter_mut().flatten() {
+            if p.node_port.unwrap_or(0) != 0 {
+                continue;
+            }
+            let old_np = old_spec.ports.iter().flatten().find(|o| o.name == p.name).and_then(|o| o.node_port);
+            if let Some(np) = old_np.filter(|np| !used.contains(np)) {
+                p.node_port = Some(np);
+            }
+        }
+    }
+    if validation::needs_health_check(spec)
+        && validation::needs_health_check(old_spec)
+        && spec.health_check_node_port.unwrap_or(0) == 0
+    {
+        spec.health_check_node_port = old_spec.health_check_node_port;
+    }
+}
 
 impl Strategy for Services {
     fn info(&self) -> &'static ResourceInfo {
@@ -26,12 +126,75 @@ impl Strategy for Services {
         crate::validation::name_is_dns1035_label
     }
 
+    fn set_defaults(&self, obj: &mut Value) {
+        if let Ok(mut svc) = serde_json::from_value::<Service>(obj.clone()) {
+            defaults::set_defaults(&mut svc);
+            write_back(obj, &svc);
+        }
+    }
+
+    fn begin_create(&self, obj: &mut Value, _dry_run: bool) -> ApiResult<Option<Box<dyn Transaction>>> {
+        let mut svc = typed(obj)?;
+        normalize_cluster_ips(&mut svc, None);
+        defaults::init_ip_families(&mut svc, None, self.allocators.families()).map_err(|e| invalid(&svc, e))?;
+        let txn = self.allocators.allocate_create(&mut svc)?;
+        write_back(obj, &svc);
+        Ok(Some(Box::new(txn)))
+    }
+
+    fn begin_update(&self, new: &mut Value, old: &Value, _dry_run: bool) -> ApiResult<Option<Box<dyn Transaction>>> {
+        let mut svc = typed(new)?;
+        let old_svc = typed(old)?;
+        patch_allocated_values(&mut svc, &old_svc);
+        normalize_cluster_ips(&mut svc, Some(&old_svc));
+        defaults::init_ip_families(&mut svc, Some(&old_svc), self.allocators.families())
+            .map_err(|e| invalid(&svc, e))?;
+        let txn = self.allocators.allocate_update(&mut svc, &old_svc)?;
+        write_back(new, &svc);
+        Ok(Some(Box::new(txn)))
+    }
+
+    fn after_delete(&self, obj: &Value) {
+        if let Ok(svc) = serde_json::from_value::<Service>(obj.clone()) {
+            self.allocators.release(&svc);
+        }
+    }
+
     fn prepare_for_create(&self, obj: &mut Value) {
         reset_status(obj, json!({"loadBalancer": {}}));
     }
 
     fn prepare_for_update(&self, new: &mut Value, old: &Value) {
         keep_status(new, old);
+        if let (Ok(mut svc), Ok(old_svc)) = (typed(new), typed(old)) {
+            defaults::drop_type_dependent_fields(&mut svc, &old_svc);
+            write_back(new, &svc);
+        }
+    }
+
+    fn validate(&self, obj: &Value) -> Vec<FieldError> {
+        match typed(obj) {
+            Ok(svc) => validation::validate_service(&svc, &self.ctx),
+            Err(e) => vec![FieldError::invalid("spec", Value::Null, e.message)],
+        }
+    }
+
+    fn validate_update(&self, new: &Value, old: &Value) -> Vec<FieldError> {
+        match (typed(new), typed(old)) {
+            (Ok(n), Ok(o)) => validation::validate_service_update(&n, &o, &self.ctx),
+            (Err(e), _) | (_, Err(e)) => vec![FieldError::invalid("spec", Value::Null, e.message)],
+        }
+    }
+
+    fn validate_status_update(&self, new: &Value, old: &Value) -> Vec<FieldError> {
+        match (typed(new), typed(old)) {
+            (Ok(n), Ok(o)) => validation::validate_service_status_update(&n, &o),
+            (Err(e), _) | (_, Err(e)) => vec![FieldError::invalid("status", Value::Null, e.message)],
+        }
+    }
+
+    fn restore(&self, objects: &[Value]) -> Vec<(Value, String, String)> {
+        self.allocators.restore(objects)
     }
 
     fn allow_create_on_update(&self) -> bool {
