@@ -18,8 +18,14 @@ fn config_map(name: &str) -> ConfigMap {
 async fn in_process_cluster_serves_kube_rs() {
     let cluster = kplane::Cluster::start().await.expect("cluster starts");
     let namespaces: Api<Namespace> = Api::all(cluster.client());
-    let names: Vec<String> =
-        namespaces.list(&ListParams::default()).await.expect("list").items.into_iter().filter_map(|n| n.metadata.name).collect();
+    let names: Vec<String> = namespaces
+        .list(&ListParams::default())
+        .await
+        .expect("list")
+        .items
+        .into_iter()
+        .filter_map(|n| n.metadata.name)
+        .collect();
     for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
         assert!(names.iter().any(|n| n == ns), "{ns} missing from {names:?}");
     }

@@ -10,7 +10,7 @@ use tokio::sync::broadcast;
 pub const DEFAULT_WINDOW: usize = 50_000;
 
 /// Events a watcher may fall behind by before it is ended with `Compacted` (it re-lists).
-const FANOUT_CAPACITY: usize = 16_384;
+pub(super) const FANOUT_CAPACITY: usize = 16_384;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EventKind {
@@ -73,13 +73,15 @@ impl History {
         } else {
             self.events.range(start..).filter(|e| e.key.starts_with(prefix)).cloned().collect()
         };
-        Ok(WatchStream { prefix: prefix.to_string(), backlog, live: self.fanout.subscribe() })
+        Ok(WatchStream { prefix: prefix.to_string(), after, backlog, live: self.fanout.subscribe() })
     }
 }
 
 /// The events under a prefix after a revision: the backlog from the window, then live ones.
 pub struct WatchStream {
     prefix: String,
+    /// Live events at or below it are skipped (a watch from a revision not yet reached).
+    after: Revision,
     backlog: VecDeque<Arc<Event>>,
     live: broadcast::Receiver<Arc<Event>>,
 }
@@ -93,7 +95,7 @@ impl WatchStream {
         }
         loop {
             match self.live.recv().await {
-                Ok(e) if e.key.starts_with(&self.prefix) => return Some(Ok(e)),
+                Ok(e) if e.revision > self.after && e.key.starts_with(&self.prefix) => return Some(Ok(e)),
                 Ok(_) => continue,
                 Err(broadcast::error::RecvError::Closed) => return None,
                 Err(broadcast::error::RecvError::Lagged(n)) => {

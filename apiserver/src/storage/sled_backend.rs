@@ -4,7 +4,7 @@
 use super::{Backend, Bytes, KeyValue, Revision, StorageError, StorageResult, decode_stored};
 use std::path::Path;
 
-/// Sorts before every object key (they start with `/`), so scans never meet it.
+/// Sorts before every object key (they start with `/`); scans skip it (an empty prefix meets it).
 const REVISION_KEY: &[u8] = b"\0revision";
 
 pub struct SledBackend {
@@ -43,6 +43,9 @@ impl Backend for SledBackend {
             let (k, v) = item.map_err(backend)?;
             if !k.starts_with(prefix.as_bytes()) || out.len() == limit {
                 break;
+            }
+            if k == REVISION_KEY {
+                continue; // only an empty (or `\0`) prefix reaches it
             }
             let key = String::from_utf8(k.to_vec()).map_err(|e| StorageError::Backend(e.to_string()))?;
             let (mod_revision, value) = decode_stored(&v)?;
