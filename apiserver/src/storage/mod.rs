@@ -169,15 +169,15 @@ impl Store {
     fn apply(&self, ops: Vec<Op>) -> StorageResult<Revision> {
         let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
         let mut prevs = Vec::with_capacity(ops.len());
-        let mut keys = std::collections::HashSet::with_capacity(ops.len());
-        if !ops.iter().all(|op| keys.insert(op.key())) {
-            // As etcd: one transaction may not touch a key twice.
-            return Err(StorageError::Backend("duplicate key in one transaction".into()));
-        }
         for op in &ops {
             let current = self.backend.get(op.key())?;
             check(op.key(), op.pre(), current.as_ref().map(|(r, _)| *r))?;
             prevs.push(current);
+        }
+        let mut keys = std::collections::HashSet::with_capacity(ops.len());
+        if !ops.iter().all(|op| keys.insert(op.key())) {
+            // As etcd: one transaction may not touch a key twice.
+            return Err(StorageError::Backend("duplicate key in one transaction".into()));
         }
         let revision = state.revision + 1;
         let mut writes = Vec::with_capacity(ops.len());
