@@ -35,6 +35,44 @@ impl Strategy for Deployments {
         keep_status(new, old);
         set_defaults(new);
     }
+
+    fn table(&self) -> &'static super::table::Columns {
+        static COLUMNS: [super::table::Column; 8] = [
+            super::table::NAME,
+            super::table::col("Ready", "Number of the pod with ready state", 0),
+            super::table::col(
+                "Up-to-date",
+                "Total number of non-terminated pods targeted by this deployment that have the desired template spec.",
+                0,
+            ),
+            super::table::col(
+                "Available",
+                "Total number of available pods (ready for at least minReadySeconds) targeted by this deployment.",
+                0,
+            ),
+            super::table::AGE,
+            super::table::col("Containers", "Names of each container in the template.", 1),
+            super::table::col("Images", "Images referenced by each container in the template.", 1),
+            super::table::col("Selector", "Label selector for pods.", 1),
+        ];
+        &COLUMNS
+    }
+
+    fn table_row(&self, obj: &Value) -> Vec<Value> {
+        let st = &obj["status"];
+        let n = |v: &Value| v.as_i64().unwrap_or(0);
+        let (containers, images) = super::table::containers(&obj["spec"]["template"]);
+        vec![
+            obj["metadata"]["name"].clone(),
+            format!("{}/{}", n(&st["readyReplicas"]), n(&obj["spec"]["replicas"])).into(),
+            n(&st["updatedReplicas"]).into(),
+            n(&st["availableReplicas"]).into(),
+            super::table::age(obj),
+            containers.into(),
+            images.into(),
+            super::table::format_selector(&obj["spec"]["selector"]).into(),
+        ]
+    }
 }
 
 /// `SetDefaults_Deployment` (apps/v1).

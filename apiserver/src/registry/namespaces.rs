@@ -75,6 +75,16 @@ impl Strategy for Namespaces {
     fn field_value(&self, obj: &Value, field: &str) -> Option<String> {
         (field == "status.phase").then(|| obj["status"]["phase"].as_str().unwrap_or("").to_string())
     }
+
+    fn table(&self) -> &'static super::table::Columns {
+        static COLUMNS: [super::table::Column; 3] =
+            [super::table::NAME, super::table::col("Status", "The status of the namespace", 0), super::table::AGE];
+        &COLUMNS
+    }
+
+    fn table_row(&self, obj: &Value) -> Vec<Value> {
+        vec![obj["metadata"]["name"].clone(), obj["status"]["phase"].clone(), super::table::age(obj)]
+    }
 }
 
 fn obj_name(obj: &Value) -> Option<String> {

@@ -75,6 +75,50 @@ impl Strategy for Pods {
             }
         })
     }
+
+    fn table(&self) -> &'static super::table::Columns {
+        static COLUMNS: [super::table::Column; 9] = [
+            super::table::NAME,
+            super::table::col("Ready", "The aggregate readiness state of this pod for accepting traffic.", 0),
+            super::table::col("Status", "The aggregate status of the containers in this pod.", 0),
+            super::table::col("Restarts", "The number of times the containers in this pod have been restarted.", 0),
+            super::table::AGE,
+            super::table::col("IP", "IP address assigned to the pod", 1),
+            super::table::col("Node", "Name of the node assigned to the pod", 1),
+            super::table::col("Nominated Node", "Name of the node nominated for the pod", 1),
+            super::table::col("Readiness Gates", "Readiness gates of the pod", 1),
+        ];
+        &COLUMNS
+    }
+
+    fn table_row(&self, obj: &Value) -> Vec<Value> {
+        let statuses: Vec<&Value> = obj["status"]["containerStatuses"].as_array().into_iter().flatten().collect();
+        let total = obj["spec"]["containers"].as_array().map_or(0, Vec::len);
+        let ready = statuses.iter().filter(|c| c["ready"].as_bool() == Some(true)).count();
+        let restarts: i64 = statuses.iter().map(|c| c["restartCount"].as_i64().unwrap_or(0)).sum();
+        let mut status =
+            obj["status"]["reason"].as_str().or(obj["status"]["phase"].as_str()).unwrap_or("Unknown").to_string();
+        for c in &statuses {
+            if let Some(r) = c["state"]["waiting"]["reason"].as_str().filter(|r| !r.is_empty()) {
+                status = r.to_string();
+            }
+        }
+        if obj["metadata"]["deletionTimestamp"].is_string() {
+            status = "Terminating".into();
+        }
+        let text = |v: &Value| v.as_str().filter(|s| !s.is_empty()).unwrap_or("<none>").to_string();
+        vec![
+            obj["metadata"]["name"].clone(),
+            format!("{ready}/{total}").into(),
+            status.into(),
+            restarts.into(),
+            super::table::age(obj),
+            text(&obj["status"]["podIP"]).into(),
+            text(&obj["spec"]["nodeName"]).into(),
+            text(&obj["status"]["nominatedNodeName"]).into(),
+            "<none>".into(),
+        ]
+    }
 }
 
 /// `SetDefaults_Pod`, `SetDefaults_PodSpec` and the container defaults.

@@ -44,4 +44,34 @@ impl Strategy for ReplicaSets {
     fn field_value(&self, obj: &Value, field: &str) -> Option<String> {
         (field == "status.replicas").then(|| obj["status"]["replicas"].as_i64().unwrap_or(0).to_string())
     }
+
+    fn table(&self) -> &'static super::table::Columns {
+        static COLUMNS: [super::table::Column; 8] = [
+            super::table::NAME,
+            super::table::col("Desired", "Number of desired pods.", 0),
+            super::table::col("Current", "Number of actually running pods.", 0),
+            super::table::col("Ready", "Number of ready pods.", 0),
+            super::table::AGE,
+            super::table::col("Containers", "Names of each container in the template.", 1),
+            super::table::col("Images", "Images referenced by each container in the template.", 1),
+            super::table::col("Selector", "Label selector for pods.", 1),
+        ];
+        &COLUMNS
+    }
+
+    fn table_row(&self, obj: &Value) -> Vec<Value> {
+        let st = &obj["status"];
+        let n = |v: &Value| v.as_i64().unwrap_or(0);
+        let (containers, images) = super::table::containers(&obj["spec"]["template"]);
+        vec![
+            obj["metadata"]["name"].clone(),
+            n(&obj["spec"]["replicas"]).into(),
+            n(&st["replicas"]).into(),
+            n(&st["readyReplicas"]).into(),
+            super::table::age(obj),
+            containers.into(),
+            images.into(),
+            super::table::format_selector(&obj["spec"]["selector"]).into(),
+        ]
+    }
 }

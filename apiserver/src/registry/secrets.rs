@@ -35,4 +35,19 @@ impl Strategy for Secrets {
     fn field_value(&self, obj: &Value, field: &str) -> Option<String> {
         (field == "type").then(|| obj["type"].as_str().unwrap_or("").to_string())
     }
+
+    fn table(&self) -> &'static super::table::Columns {
+        static COLUMNS: [super::table::Column; 4] = [
+            super::table::NAME,
+            super::table::col("Type", "The type of the secret", 0),
+            super::table::col("Data", "Number of data entries.", 0),
+            super::table::AGE,
+        ];
+        &COLUMNS
+    }
+
+    fn table_row(&self, obj: &Value) -> Vec<Value> {
+        let n = obj["data"].as_object().map_or(0, |m| m.len());
+        vec![obj["metadata"]["name"].clone(), obj["type"].clone(), n.into(), super::table::age(obj)]
+    }
 }

@@ -209,4 +209,69 @@ impl Strategy for Services {
         let (_, f) = field.split_once('.')?;
         Some(obj["spec"][f].as_str().unwrap_or("").to_string())
     }
+
+    fn table(&self) -> &'static super::table::Columns {
+        static COLUMNS: [super::table::Column; 7] = [
+            super::table::NAME,
+            super::table::col("Type", "The type of the service.", 0),
+            super::table::col("Cluster-IP", "The cluster IP of the service.", 0),
+            super::table::col("External-IP", "The external IP of the service.", 0),
+            super::table::col("Port(s)", "The ports of the service.", 0),
+            super::table::AGE,
+            super::table::col("Selector", "The selector of the service.", 1),
+        ];
+        &COLUMNS
+    }
+
+    fn table_row(&self, obj: &Value) -> Vec<Value> {
+        let spec = &obj["spec"];
+        let text = |v: &Value| v.as_str().filter(|s| !s.is_empty()).unwrap_or("<none>").to_string();
+        vec![
+            obj["metadata"]["name"].clone(),
+            text(&spec["type"]).into(),
+            text(&spec["clusterIP"]).into(),
+            external_ip(obj).into(),
+            ports_text(spec).into(),
+            super::table::age(obj),
+            super::table::format_labels(&spec["selector"]).into(),
+        ]
+    }
+}
+
+/// `getServiceExternalIP` of kubectl's printers.
+fn external_ip(obj: &Value) -> String {
+    let spec = &obj["spec"];
+    let external: Vec<&str> = spec["externalIPs"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+    match spec["type"].as_str().unwrap_or("ClusterIP") {
+        "ExternalName" => spec["externalName"].as_str().unwrap_or("").to_string(),
+        "LoadBalancer" => {
+            let mut ips: Vec<&str> = obj["status"]["loadBalancer"]["ingress"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|i| i["ip"].as_str().or(i["hostname"].as_str()))
+                .collect();
+            ips.extend(external);
+            if ips.is_empty() { "<pending>".into() } else { ips.join(",") }
+        }
+        _ if external.is_empty() => "<none>".into(),
+        _ => external.join(","),
+    }
+}
+
+/// `makePortString`: `80/TCP`, `80:30080/TCP`, joined by commas.
+fn ports_text(spec: &Value) -> String {
+    let ports: Vec<String> = spec["ports"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| {
+            let proto = p["protocol"].as_str().unwrap_or("TCP");
+            match p["nodePort"].as_i64().filter(|n| *n != 0) {
+                Some(np) => format!("{}:{np}/{proto}", p["port"]),
+                None => format!("{}/{proto}", p["port"]),
+            }
+        })
+        .collect();
+    if ports.is_empty() { "<none>".into() } else { ports.join(",") }
 }
