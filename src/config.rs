@@ -76,6 +76,14 @@ pub struct Config {
     pub pod_cidr: String,
     pub node_port_range: NodePortRange,
     pub cluster_domain: String,
+    /// The cluster DNS address (UDP and TCP); `None` runs no DNS server.
+    pub dns_listen: Option<SocketAddr>,
+    /// Where the cluster DNS forwards other names; empty: the nameservers of /etc/resolv.conf.
+    pub dns_upstreams: Vec<SocketAddr>,
+    /// TTL of cluster DNS answers, in seconds.
+    pub dns_ttl: u32,
+    /// The service proxy's settings; `None` runs no proxy.
+    pub proxy: Option<kplane_proxy::ProxyConfig>,
 }
 
 impl Config {
@@ -89,6 +97,10 @@ impl Config {
             pod_cidr: "127.244.0.0/16".into(),
             node_port_range: NodePortRange { first: 30000, last: 32767 },
             cluster_domain: "cluster.local".into(),
+            dns_listen: None,
+            dns_upstreams: Vec::new(),
+            dns_ttl: 5,
+            proxy: None,
         }
     }
 
@@ -108,12 +120,30 @@ impl Config {
         self.service_cidrs().ok().and_then(|c| c.first().map(|c| c.nth(1).to_string())).unwrap_or_default()
     }
 
+    /// The ClusterIP of `kube-system/kube-dns`: the tenth address of the primary range.
+    pub fn dns_service_ip(&self) -> Option<IpAddr> {
+        self.service_cidrs().ok().and_then(|c| c.first().map(|c| c.nth(10)))
+    }
+
+    /// The cluster DNS settings for a server on `listen`.
+    pub fn dns_config(&self, listen: SocketAddr) -> kplane_dns::DnsConfig {
+        kplane_dns::DnsConfig {
+            listen,
+            cluster_domain: self.cluster_domain.clone(),
+            ttl: self.dns_ttl,
+            upstreams: self.dns_upstreams.clone(),
+        }
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.service_cidrs()?;
         Cidr::parse("--pod-cidr", &self.pod_cidr)?;
         let d = &self.cluster_domain;
         if d.is_empty() || d.split('.').any(|l| l.is_empty() || l.len() > 63) {
             return Err(invalid("--cluster-domain", d, "must be a DNS domain such as cluster.local"));
+        }
+        if self.dns_ttl > 3600 {
+            return Err(invalid("--dns-ttl", &self.dns_ttl.to_string(), "must be 0-3600"));
         }
         Ok(())
     }
@@ -128,6 +158,7 @@ mod tests {
         let c = Config::ephemeral();
         c.validate().expect("defaults are valid");
         assert_eq!(c.kubernetes_service_ip(), "127.96.0.1");
+        assert_eq!(c.dns_service_ip(), Some(IpAddr::V4(Ipv4Addr::new(127, 96, 0, 10))));
     }
 
     #[test]

@@ -13,6 +13,8 @@
 mod config;
 
 pub use config::{Config, ConfigError, NodePortRange};
+pub use kplane_dns::DnsConfig;
+pub use kplane_proxy::{ProxyConfig, ProxyHandle};
 
 use kplane_apiserver::auth::{self, AuthError, KubeconfigOutcome, TlsMaterial};
 use kplane_apiserver::http::{self, AppState, Authenticator};
@@ -47,6 +49,10 @@ pub enum ClusterError {
     Controller(kube::Error),
     #[error("bootstrap: {0}")]
     Bootstrap(#[from] kplane_apiserver::ApiError),
+    #[error("{0}")]
+    Dns(#[from] kplane_dns::DnsError),
+    #[error("service proxy: {0}")]
+    Proxy(#[from] kplane_proxy::ProxyError),
 }
 
 /// A running cluster: the API server (in-process, and over HTTPS when asked to listen).
@@ -60,6 +66,10 @@ pub struct Cluster {
     server: Option<JoinHandle<()>>,
     /// Controllers and other background work, ended with the cluster.
     tasks: Vec<JoinHandle<()>>,
+    /// The cluster DNS server, when one runs.
+    dns: Option<kplane_dns::DnsServer>,
+    /// The service proxy, when one runs.
+    proxy: Option<ProxyHandle>,
 }
 
 impl Drop for Cluster {
@@ -103,12 +113,22 @@ impl Cluster {
             stop: None,
             server: None,
             tasks: Vec::new(),
+            dns: None,
+            proxy: None,
         };
         let apiserver = match config.listen {
             Some(addr) => cluster.listen(&config, addr).await?,
             None => SocketAddr::from(([127, 0, 0, 1], 6443)),
         };
         cluster.start_controllers(&config, apiserver).await?;
+        // DNS first: it may listen on the kube-dns ClusterIP, which the proxy would otherwise claim.
+        if let Some(listen) = config.dns_listen {
+            cluster.start_dns(config.dns_config(listen)).await?;
+        }
+        if let Some(mut proxy) = config.proxy.clone() {
+            proxy.reserved.extend(cluster.dns_addr());
+            cluster.proxy = Some(kplane_proxy::run(cluster.client.clone(), proxy).await?);
+        }
         Ok(cluster)
     }
 
@@ -155,6 +175,34 @@ impl Cluster {
         Ok(SocketAddr::new(host.parse().unwrap_or(local.ip()), local.port()))
     }
 
+    /// Serve cluster DNS (UDP and TCP) as `config` says; returns the bound address.
+    pub async fn start_dns(&mut self, config: kplane_dns::DnsConfig) -> Result<SocketAddr, ClusterError> {
+        let sockets = kplane_dns::DnsSockets::bind(config.listen).await?;
+        self.start_dns_on(sockets, config).await
+    }
+
+    /// Serve cluster DNS on sockets bound beforehand (`config.listen` is not used).
+    pub async fn start_dns_on(
+        &mut self,
+        sockets: kplane_dns::DnsSockets,
+        config: kplane_dns::DnsConfig,
+    ) -> Result<SocketAddr, ClusterError> {
+        let dns = kplane_dns::serve_on(self.client.clone(), sockets, config).await?;
+        let addr = dns.local_addr();
+        self.dns = Some(dns);
+        Ok(addr)
+    }
+
+    /// The service proxy, when it runs.
+    pub fn proxy(&self) -> Option<&ProxyHandle> {
+        self.proxy.as_ref()
+    }
+
+    /// Where the cluster DNS listens, when it runs.
+    pub fn dns_addr(&self) -> Option<SocketAddr> {
+        self.dns.as_ref().map(|d| d.local_addr())
+    }
+
     /// A client that talks to the API server in-process (no socket, no TLS).
     pub fn client(&self) -> kube::Client {
         self.client.clone()
@@ -185,8 +233,12 @@ impl Cluster {
         for t in self.tasks.drain(..) {
             t.abort();
         }
+        self.proxy.take();
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
+        }
+        if let Some(dns) = self.dns.take() {
+            dns.shutdown().await;
         }
         if let Some(server) = self.server.take() {
             let _ = server.await;

@@ -1,9 +1,9 @@
-//! The `kplane` command line: `serve`, `kubeconfig`, `version`.
+//! The `kplane` command line: `serve`, `resolv-conf`, `version`.
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use kplane::{Cluster, Config, NodePortRange};
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -17,6 +17,8 @@ struct Cli {
 enum Command {
     /// Run the control plane until SIGINT or SIGTERM.
     Serve(ServeArgs),
+    /// Print the resolv.conf of a pod in a namespace (dnsPolicy ClusterFirst).
+    ResolvConf(ResolvConfArgs),
     /// Print the Kubernetes version kplane serves.
     Version,
 }
@@ -47,6 +49,42 @@ struct ServeArgs {
     /// The cluster DNS domain.
     #[arg(long, value_name = "DOMAIN", default_value = "cluster.local")]
     cluster_domain: String,
+    /// The cluster DNS address (UDP and TCP), or `none`. Default: the kube-dns ClusterIP on port 53 if
+    /// it can be bound, else 127.0.0.1:10053, else a free port.
+    #[arg(long, value_name = "ADDR|none")]
+    dns_listen: Option<String>,
+    /// An upstream resolver for names outside the cluster (repeatable; default: /etc/resolv.conf's).
+    #[arg(long, value_name = "IP[:PORT]", value_parser = parse_upstream)]
+    dns_upstream: Vec<SocketAddr>,
+    /// TTL of cluster DNS answers, in seconds (0-3600).
+    #[arg(long, value_name = "SECONDS", default_value_t = 5)]
+    dns_ttl: u32,
+    /// Run no service proxy (ClusterIPs and NodePorts then answer nothing).
+    #[arg(long)]
+    no_proxy: bool,
+}
+
+#[derive(clap::Args)]
+struct ResolvConfArgs {
+    /// The pod's namespace.
+    #[arg(short = 'n', long, value_name = "NAMESPACE", default_value = "default")]
+    namespace: String,
+    /// The cluster DNS address pods use (repeatable; default: the kube-dns ClusterIP of --service-cidr).
+    #[arg(long, value_name = "IP")]
+    nameserver: Vec<IpAddr>,
+    /// The Service IP range the cluster was started with.
+    #[arg(long, value_name = "CIDR[,CIDR]", default_value = "127.96.0.0/12")]
+    service_cidr: String,
+    /// The cluster DNS domain.
+    #[arg(long, value_name = "DOMAIN", default_value = "cluster.local")]
+    cluster_domain: String,
+}
+
+/// `IP` (port 53), `IP:PORT` or `[IPv6]:PORT`.
+fn parse_upstream(s: &str) -> Result<SocketAddr, String> {
+    s.parse::<SocketAddr>()
+        .or_else(|_| s.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, 53)))
+        .map_err(|_| format!("{s:?} is not an IP or IP:PORT"))
 }
 
 fn default_data_dir() -> anyhow::Result<PathBuf> {
@@ -76,8 +114,23 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         pod_cidr: args.pod_cidr,
         node_port_range: args.node_port_range,
         cluster_domain: args.cluster_domain,
+        dns_listen: None,
+        dns_upstreams: args.dns_upstream,
+        dns_ttl: args.dns_ttl,
+        proxy: (!args.no_proxy).then(kplane::ProxyConfig::default),
     };
-    let cluster = Cluster::start_with(config).await?;
+    // The DNS sockets are bound before the cluster starts, so the proxy cannot take the kube-dns address first.
+    let mut config = config;
+    let dns_sockets = bind_dns(&config, args.dns_listen.as_deref()).await?;
+    if let (Some(proxy), Some(sockets)) = (config.proxy.as_mut(), dns_sockets.as_ref()) {
+        proxy.reserved.push(sockets.local_addr());
+    }
+    let mut cluster = Cluster::start_with(config.clone()).await?;
+    if let Some(sockets) = dns_sockets {
+        let listen = sockets.local_addr();
+        let addr = cluster.start_dns_on(sockets, config.dns_config(listen)).await?;
+        eprintln!("kplane: cluster DNS on {addr} (udp+tcp)");
+    }
     let kubeconfig = cluster.kubeconfig().map(|p| p.display().to_string()).unwrap_or_default();
     if cluster.kubeconfig_merged() {
         eprintln!("kplane: {kubeconfig} was not written by kplane; added the `kplane` context to it");
@@ -86,6 +139,49 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     shutdown_signal().await;
     tracing::info!("shutting down");
     cluster.shutdown().await;
+    Ok(())
+}
+
+/// Bind the cluster DNS sockets: where `--dns-listen` says, or on the first default address that binds.
+async fn bind_dns(config: &Config, listen: Option<&str>) -> anyhow::Result<Option<kplane_dns::DnsSockets>> {
+    let candidates: Vec<SocketAddr> = match listen {
+        Some("none" | "off") => return Ok(None),
+        Some(addr) => vec![addr.parse().with_context(|| format!("--dns-listen {addr:?}: expected IP:PORT or none"))?],
+        None => {
+            let fallback = Ipv4Addr::LOCALHOST;
+            config
+                .dns_service_ip()
+                .map(|ip| SocketAddr::new(ip, 53))
+                .into_iter()
+                .chain([SocketAddr::new(fallback.into(), 10053), SocketAddr::new(fallback.into(), 0)])
+                .collect()
+        }
+    };
+    let mut last = None;
+    for addr in candidates {
+        match kplane_dns::DnsSockets::bind(addr).await {
+            Ok(sockets) => return Ok(Some(sockets)),
+            Err(e) if listen.is_none() => {
+                tracing::info!("{e}; trying the next address");
+                last = Some(e);
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(last.map(anyhow::Error::from).unwrap_or_else(|| anyhow::anyhow!("no address for the cluster DNS")))
+}
+
+fn resolv_conf(args: ResolvConfArgs) -> anyhow::Result<()> {
+    let mut config = Config::ephemeral();
+    config.service_cidr = args.service_cidr;
+    config.cluster_domain = args.cluster_domain;
+    config.validate()?;
+    let nameservers = match args.nameserver.as_slice() {
+        [] => config.dns_service_ip().into_iter().collect(),
+        given => given.to_vec(),
+    };
+    let host = kplane_dns::resolv::ResolvConf::system();
+    print!("{}", kplane_dns::resolv::pod_resolv_conf(&args.namespace, &config.cluster_domain, &nameservers, &host));
     Ok(())
 }
 
@@ -112,6 +208,7 @@ async fn main() -> anyhow::Result<()> {
         .init();
     match Cli::parse().command {
         Command::Serve(args) => serve(args).await,
+        Command::ResolvConf(args) => resolv_conf(args),
         Command::Version => {
             println!("kplane {} (Kubernetes {})", env!("CARGO_PKG_VERSION"), kplane_apiserver::http::KUBE_VERSION);
             Ok(())

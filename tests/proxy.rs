@@ -1,0 +1,626 @@
+//! The service proxy over real sockets (spec `service-semantics.md` §4; §7 items 5, 6, 11–14, 22,
+//! 23): an in-process cluster with its proxy, hand-made EndpointSlices pointing at test servers on
+//! loopback addresses, and clients connecting to ClusterIPs and NodePorts.
+//!
+//! Each test has its own cluster, Service range (`127.97.N.0/24`), NodePort range and backend
+//! addresses (`127.98.N.x`), so the tests run in parallel. Waits poll with a deadline.
+
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kplane::{Cluster, Config, NodePortRange, ProxyConfig};
+use kube::Api;
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use serde_json::{Value, json};
+use std::collections::HashSet;
+use std::future::Future;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, timeout};
+
+const NS: &str = "default";
+const NODE: &str = "node-a";
+const DEADLINE: Duration = Duration::from_secs(15);
+/// What one attempt may take; a refusal must come well within it.
+const ATTEMPT: Duration = Duration::from_secs(2);
+
+// ---------------------------------------------------------------------------------------------------------------
+// Fixture.
+
+struct Fx {
+    cluster: Cluster,
+    n: u8,
+}
+
+impl Fx {
+    /// Cluster number `n` (1..=50): Services in 127.97.n.0/24, NodePorts 31000+20n.., backends 127.98.n.x.
+    async fn start(n: u8) -> Self {
+        Self::start_with(n, |_| {}).await
+    }
+
+    async fn start_with(n: u8, tune: impl FnOnce(&mut ProxyConfig)) -> Self {
+        let first = 31000 + 20 * u16::from(n);
+        let mut proxy = ProxyConfig {
+            node_name: NODE.into(),
+            node_ips: vec![IpAddr::V4(Ipv4Addr::LOCALHOST)],
+            ..ProxyConfig::default()
+        };
+        tune(&mut proxy);
+        let config = Config {
+            service_cidr: format!("127.97.{n}.0/24"),
+            node_port_range: NodePortRange { first, last: first + 19 },
+            proxy: Some(proxy),
+            ..Config::ephemeral()
+        };
+        let cluster = Cluster::start_with(config).await.expect("cluster starts");
+        let fx = Self { cluster, n };
+        timeout(DEADLINE, fx.cluster.proxy().expect("proxy runs").wait_synced()).await.expect("proxy syncs");
+        fx
+    }
+
+    fn services(&self) -> Api<Service> {
+        Api::namespaced(self.cluster.client(), NS)
+    }
+
+    fn slices(&self) -> Api<EndpointSlice> {
+        Api::namespaced(self.cluster.client(), NS)
+    }
+
+    /// A backend address of this test.
+    fn ip(&self, last: u8) -> IpAddr {
+        IpAddr::V4(Ipv4Addr::new(127, 98, self.n, last))
+    }
+
+    async fn create_service(&self, body: Value) -> Service {
+        let svc: Service = serde_json::from_value(body).expect("service json");
+        self.services().create(&PostParams::default(), &svc).await.expect("create service")
+    }
+
+    async fn patch_service(&self, name: &str, patch: Value) -> Service {
+        self.services().patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await.expect("patch service")
+    }
+
+    /// Creates or replaces slice `name` of `service` with one port and `endpoints`.
+    async fn put_slice(&self, service: &str, name: &str, port: (&str, &str, u16), endpoints: Vec<Value>) {
+        let (port_name, protocol, number) = port;
+        let body = json!({
+            "apiVersion": "discovery.k8s.io/v1",
+            "kind": "EndpointSlice",
+            "metadata": {
+                "name": name,
+                "labels": {
+                    "kubernetes.io/service-name": service,
+                    "endpointslice.kubernetes.io/managed-by": "proxy-tests.kplane.io",
+                },
+            },
+            "addressType": "IPv4",
+            "endpoints": endpoints,
+            "ports": [{"name": port_name, "protocol": protocol, "port": number}],
+        });
+        let slice: EndpointSlice = serde_json::from_value(body).expect("slice json");
+        let api = self.slices();
+        match api.get_opt(name).await.expect("get slice") {
+            None => {
+                api.create(&PostParams::default(), &slice).await.expect("create slice");
+            }
+            Some(old) => {
+                let mut slice = slice;
+                slice.metadata.resource_version = old.metadata.resource_version;
+                api.replace(name, &PostParams::default(), &slice).await.expect("replace slice");
+            }
+        }
+    }
+
+    async fn delete_slice(&self, name: &str) {
+        self.slices().delete(name, &DeleteParams::default()).await.expect("delete slice");
+    }
+}
+
+/// An endpoint: address, conditions (ready, serving, terminating) and node.
+fn endpoint(ip: IpAddr, conditions: (bool, bool, bool), node: &str) -> Value {
+    let (ready, serving, terminating) = conditions;
+    json!({
+        "addresses": [ip.to_string()],
+        "conditions": {"ready": ready, "serving": serving, "terminating": terminating},
+        "nodeName": node,
+    })
+}
+
+const READY: (bool, bool, bool) = (true, true, false);
+
+fn service(name: &str, type_: &str, ports: Value) -> Value {
+    json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name}, "spec": {"type": type_, "ports": ports}})
+}
+
+fn cluster_ip(svc: &Service) -> IpAddr {
+    svc.spec.as_ref().and_then(|s| s.cluster_ip.as_ref()).and_then(|ip| ip.parse().ok()).expect("clusterIP")
+}
+
+fn node_port(svc: &Service, index: usize) -> u16 {
+    let port = svc.spec.as_ref().and_then(|s| s.ports.as_ref()?.get(index)?.node_port).expect("nodePort");
+    u16::try_from(port).expect("port")
+}
+
+/// A task ended when dropped.
+struct Task(JoinHandle<()>);
+
+impl Drop for Task {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// A TCP server that greets each connection with `name\n`, then echoes.
+async fn tcp_backend(addr: SocketAddr, name: &str) -> Task {
+    let listener = TcpListener::bind(addr).await.expect("backend binds");
+    let name = name.to_string();
+    Task(tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let name = name.clone();
+            tokio::spawn(async move {
+                if stream.write_all(format!("{name}\n").as_bytes()).await.is_err() {
+                    return;
+                }
+                let (mut r, mut w) = stream.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    }))
+}
+
+/// A UDP server answering each datagram with `name:` and the datagram.
+async fn udp_backend(addr: SocketAddr, name: &str) -> Task {
+    let socket = UdpSocket::bind(addr).await.expect("backend binds");
+    let name = name.to_string();
+    Task(tokio::spawn(async move {
+        let mut buf = vec![0u8; 2048];
+        while let Ok((n, from)) = socket.recv_from(&mut buf).await {
+            let mut reply = format!("{name}:").into_bytes();
+            reply.extend_from_slice(&buf[..n]);
+            let _ = socket.send_to(&reply, from).await;
+        }
+    }))
+}
+
+/// Connects and reads the backend's greeting.
+async fn ask_tcp(addr: SocketAddr) -> io::Result<String> {
+    let stream = timeout(ATTEMPT, TcpStream::connect(addr)).await.map_err(|_| io::ErrorKind::TimedOut)??;
+    greeting(&mut BufReader::new(stream)).await
+}
+
+async fn greeting(reader: &mut BufReader<TcpStream>) -> io::Result<String> {
+    let mut line = String::new();
+    let n = timeout(ATTEMPT, reader.read_line(&mut line)).await.map_err(|_| io::ErrorKind::TimedOut)??;
+    if n == 0 {
+        return Err(io::ErrorKind::UnexpectedEof.into());
+    }
+    Ok(line.trim_end().to_string())
+}
+
+/// Sends one datagram from a new client socket; the backend's name from the answer.
+async fn ask_udp(addr: SocketAddr) -> io::Result<String> {
+    let socket = UdpSocket::bind("127.0.0.1:0").await?;
+    socket.connect(addr).await?;
+    socket.send(b"ping").await?;
+    let mut buf = [0u8; 2048];
+    let n = timeout(Duration::from_millis(500), socket.recv(&mut buf)).await.map_err(|_| io::ErrorKind::TimedOut)??;
+    let text = String::from_utf8_lossy(&buf[..n]).to_string();
+    text.strip_suffix(":ping").map(String::from).ok_or_else(|| io::Error::other(format!("odd answer {text:?}")))
+}
+
+/// Polls `f` until it returns `Some`, or panics after [`DEADLINE`].
+async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits until `addr` answers over TCP with one of `names`.
+async fn until_tcp_answers(addr: SocketAddr, names: &[&str]) {
+    eventually(&format!("{addr} to answer with one of {names:?}"), || async {
+        ask_tcp(addr).await.ok().filter(|n| names.contains(&n.as_str()))
+    })
+    .await;
+}
+
+/// Waits until connecting to `addr` is refused.
+async fn until_tcp_refused(addr: SocketAddr) {
+    eventually(&format!("{addr} to refuse"), || async {
+        match ask_tcp(addr).await {
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => Some(()),
+            _ => None,
+        }
+    })
+    .await;
+}
+
+/// The backends `count` new TCP connections to `addr` reached.
+async fn tcp_spread(addr: SocketAddr, count: usize) -> Vec<String> {
+    let mut names = Vec::new();
+    for _ in 0..count {
+        names.push(ask_tcp(addr).await.expect("answer"));
+    }
+    names
+}
+
+fn distinct(names: &[String]) -> HashSet<&str> {
+    names.iter().map(String::as_str).collect()
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Tests.
+
+/// §7 item 5: one port number over TCP and UDP; dropping either protocol from the Service stops it.
+#[tokio::test]
+async fn cluster_ip_forwards_tcp_and_udp_on_the_same_port() {
+    let fx = Fx::start(1).await;
+    let _tcp = tcp_backend(SocketAddr::new(fx.ip(1), 8080), "tcp-1").await;
+    let _udp = udp_backend(SocketAddr::new(fx.ip(1), 8080), "udp-1").await;
+    let ports = json!([
+        {"name": "tcp", "port": 80, "protocol": "TCP", "targetPort": 8080},
+        {"name": "udp", "port": 80, "protocol": "UDP", "targetPort": 8080},
+    ]);
+    let svc = fx.create_service(service("both", "ClusterIP", ports)).await;
+    fx.put_slice("both", "both-tcp", ("tcp", "TCP", 8080), vec![endpoint(fx.ip(1), READY, NODE)]).await;
+    fx.put_slice("both", "both-udp", ("udp", "UDP", 8080), vec![endpoint(fx.ip(1), READY, NODE)]).await;
+    let vip = SocketAddr::new(cluster_ip(&svc), 80);
+    until_tcp_answers(vip, &["tcp-1"]).await;
+    eventually("UDP answer", || async { ask_udp(vip).await.ok().filter(|n| n == "udp-1") }).await;
+
+    // A connection carries data both ways, not only the greeting.
+    let mut conn = BufReader::new(TcpStream::connect(vip).await.expect("connect"));
+    assert_eq!(greeting(&mut conn).await.expect("greeting"), "tcp-1");
+    conn.get_mut().write_all(b"hello\n").await.expect("write");
+    assert_eq!(greeting(&mut conn).await.expect("echo"), "hello");
+
+    // TCP only: UDP stops answering.
+    fx.patch_service(
+        "both",
+        json!({"spec": {"ports": [{"name": "tcp", "port": 80, "protocol": "TCP", "targetPort": 8080}]}}),
+    )
+    .await;
+    eventually("UDP to stop", || async { ask_udp(vip).await.is_err().then_some(()) }).await;
+    until_tcp_answers(vip, &["tcp-1"]).await;
+
+    // UDP only: TCP is refused.
+    fx.patch_service(
+        "both",
+        json!({"spec": {"ports": [{"name": "udp", "port": 80, "protocol": "UDP", "targetPort": 8080}]}}),
+    )
+    .await;
+    until_tcp_refused(vip).await;
+    eventually("UDP answer again", || async { ask_udp(vip).await.ok().filter(|n| n == "udp-1") }).await;
+}
+
+/// §7 item 6: a NodePort Service answers on the node address and on its ClusterIP.
+#[tokio::test]
+async fn node_port_answers_on_the_node_ip() {
+    let fx = Fx::start(2).await;
+    let _a = tcp_backend(SocketAddr::new(fx.ip(1), 8080), "a").await;
+    let _u = udp_backend(SocketAddr::new(fx.ip(1), 8080), "a").await;
+    let ports = json!([
+        {"name": "http", "port": 80, "protocol": "TCP", "targetPort": 8080},
+        {"name": "dns", "port": 80, "protocol": "UDP", "targetPort": 8080},
+    ]);
+    let svc = fx.create_service(service("np", "NodePort", ports)).await;
+    fx.put_slice("np", "np-http", ("http", "TCP", 8080), vec![endpoint(fx.ip(1), READY, NODE)]).await;
+    fx.put_slice("np", "np-dns", ("dns", "UDP", 8080), vec![endpoint(fx.ip(1), READY, NODE)]).await;
+    let node_port_addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), node_port(&svc, 0));
+    until_tcp_answers(node_port_addr, &["a"]).await;
+    until_tcp_answers(SocketAddr::new(cluster_ip(&svc), 80), &["a"]).await;
+    let udp_node_port = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), node_port(&svc, 1));
+    eventually("UDP on the NodePort", || async { ask_udp(udp_node_port).await.ok().filter(|n| n == "a") }).await;
+}
+
+/// §4.3: no usable endpoint → refused at once, for TCP and UDP; never a hang.
+#[tokio::test]
+async fn no_endpoints_means_refused_at_once() {
+    let fx = Fx::start(3).await;
+    let _a = tcp_backend(SocketAddr::new(fx.ip(1), 8080), "a").await;
+    let ports = json!([
+        {"name": "http", "port": 80, "protocol": "TCP", "targetPort": 8080},
+        {"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 8053},
+    ]);
+    let svc = fx.create_service(service("empty", "ClusterIP", ports)).await;
+    let vip = SocketAddr::new(cluster_ip(&svc), 80);
+    let started = Instant::now();
+    let err = ask_tcp(vip).await.expect_err("no endpoints");
+    assert_eq!(err.kind(), io::ErrorKind::ConnectionRefused);
+    assert!(started.elapsed() < ATTEMPT);
+    let udp = ask_udp(SocketAddr::new(cluster_ip(&svc), 53)).await.expect_err("no endpoints");
+    assert_eq!(udp.kind(), io::ErrorKind::ConnectionRefused, "an ICMP port-unreachable, not silence");
+
+    // Endpoints that are neither ready nor serving count as none.
+    fx.put_slice("empty", "empty-http", ("http", "TCP", 8080), vec![endpoint(fx.ip(2), (false, false, false), NODE)])
+        .await;
+    fx.put_slice("empty", "empty-other", ("http", "TCP", 8080), vec![endpoint(fx.ip(1), READY, NODE)]).await;
+    until_tcp_answers(vip, &["a"]).await;
+    fx.delete_slice("empty-other").await;
+    until_tcp_refused(vip).await;
+}
+
+/// A backend that refuses connections is skipped, for TCP and UDP.
+#[tokio::test]
+async fn a_dead_backend_is_skipped() {
+    let fx = Fx::start(4).await;
+    let _live = tcp_backend(SocketAddr::new(fx.ip(2), 8080), "live").await;
+    let _live_udp = udp_backend(SocketAddr::new(fx.ip(2), 8080), "live").await;
+    let ports = json!([
+        {"name": "http", "port": 80, "protocol": "TCP", "targetPort": 8080},
+        {"name": "dns", "port": 80, "protocol": "UDP", "targetPort": 8080},
+    ]);
+    let svc = fx.create_service(service("mixed", "ClusterIP", ports)).await;
+    // 127.98.4.1 has nobody listening: connections to it are refused.
+    let eps = || vec![endpoint(fx.ip(1), READY, NODE), endpoint(fx.ip(2), READY, NODE)];
+    fx.put_slice("mixed", "mixed-http", ("http", "TCP", 8080), eps()).await;
+    fx.put_slice("mixed", "mixed-dns", ("dns", "UDP", 8080), eps()).await;
+    let vip = SocketAddr::new(cluster_ip(&svc), 80);
+    until_tcp_answers(vip, &["live"]).await;
+    let names = tcp_spread(vip, 20).await;
+    assert_eq!(distinct(&names), HashSet::from(["live"]), "every connection reaches the live backend");
+    for _ in 0..10 {
+        assert_eq!(ask_udp(vip).await.expect("UDP answered").as_str(), "live");
+    }
+
+    // Only the dead endpoint left: each connection is reset at once, never left hanging.
+    fx.put_slice("mixed", "mixed-http", ("http", "TCP", 8080), vec![endpoint(fx.ip(1), READY, NODE)]).await;
+    eventually("connections to be reset", || async {
+        match ask_tcp(vip).await {
+            Err(e) if matches!(e.kind(), io::ErrorKind::ConnectionReset | io::ErrorKind::UnexpectedEof) => Some(()),
+            Err(e) if e.kind() == io::ErrorKind::TimedOut => panic!("a connection hung"),
+            _ => None,
+        }
+    })
+    .await;
+}
+
+/// §4.2: with no ready endpoint, serving+terminating ones take the traffic; ready ones win back.
+#[tokio::test]
+async fn terminating_endpoints_are_the_fallback() {
+    let fx = Fx::start(5).await;
+    let _t = tcp_backend(SocketAddr::new(fx.ip(1), 8080), "terminating").await;
+    let _g = tcp_backend(SocketAddr::new(fx.ip(2), 8080), "not-serving").await;
+    let _r = tcp_backend(SocketAddr::new(fx.ip(3), 8080), "ready").await;
+    let ports = json!([{"name": "http", "port": 80, "protocol": "TCP", "targetPort": 8080}]);
+    let svc = fx.create_service(service("term", "ClusterIP", ports)).await;
+    let vip = SocketAddr::new(cluster_ip(&svc), 80);
+    let terminating = endpoint(fx.ip(1), (false, true, true), NODE);
+    let not_serving = endpoint(fx.ip(2), (false, false, true), NODE);
+    fx.put_slice("term", "term-1", ("http", "TCP", 8080), vec![terminating.clone(), not_serving.clone()]).await;
+    until_tcp_answers(vip, &["terminating"]).await;
+    assert_eq!(distinct(&tcp_spread(vip, 10).await), HashSet::from(["terminating"]));
+
+    let ready = endpoint(fx.ip(3), READY, "node-b");
+    fx.put_slice("term", "term-1", ("http", "TCP", 8080), vec![terminating, not_serving, ready]).await;
+    until_tcp_answers(vip, &["ready"]).await;
+    assert_eq!(distinct(&tcp_spread(vip, 10).await), HashSet::from(["ready"]));
+}
+
+/// §4.1/§4.2: `Local` policies use only endpoints on this node; the other class keeps the cluster set.
+#[tokio::test]
+async fn local_traffic_policies_use_this_nodes_endpoints() {
+    let fx = Fx::start(6).await;
+    let _l = tcp_backend(SocketAddr::new(fx.ip(1), 8080), "local").await;
+    let _r = tcp_backend(SocketAddr::new(fx.ip(2), 8080), "remote").await;
+    let ports = || json!([{"name": "http", "port": 80, "protocol": "TCP", "targetPort": 8080}]);
+    let eps = || vec![endpoint(fx.ip(1), READY, NODE), endpoint(fx.ip(2), READY, "node-b")];
+
+    let mut itp = service("itp", "NodePort", ports());
+    itp["spec"]["internalTrafficPolicy"] = json!("Local");
+    let itp = fx.create_service(itp).await;
+    fx.put_slice("itp", "itp-1", ("http", "TCP", 8080), eps()).await;
+    let mut etp = service("etp", "NodePort", ports());
+    etp["spec"]["externalTrafficPolicy"] = json!("Local");
+    let etp = fx.create_service(etp).await;
+    fx.put_slice("etp", "etp-1", ("http", "TCP", 8080), eps()).await;
+
+    let localhost = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    let itp_vip = SocketAddr::new(cluster_ip(&itp), 80);
+    let itp_node_port = SocketAddr::new(localhost, node_port(&itp, 0));
+    let etp_vip = SocketAddr::new(cluster_ip(&etp), 80);
+    let etp_node_port = SocketAddr::new(localhost, node_port(&etp, 0));
+    for addr in [itp_vip, itp_node_port, etp_vip, etp_node_port] {
+        until_tcp_answers(addr, &["local", "remote"]).await;
+    }
+    assert_eq!(distinct(&tcp_spread(itp_vip, 20).await), HashSet::from(["local"]), "ITP Local on the ClusterIP");
+    assert_eq!(distinct(&tcp_spread(etp_node_port, 20).await), HashSet::from(["local"]), "ETP Local on the NodePort");
+    let both = HashSet::from(["local", "remote"]);
+    assert_eq!(distinct(&tcp_spread(itp_node_port, 60).await), both, "ETP Cluster on the NodePort");
+    assert_eq!(distinct(&tcp_spread(etp_vip, 60).await), both, "ITP Cluster on the ClusterIP");
+
+    // Only a remote endpoint: the Local class is refused, the other still answers.
+    fx.put_slice("itp", "itp-1", ("http", "TCP", 8080), vec![endpoint(fx.ip(2), READY, "node-b")]).await;
+    until_tcp_refused(itp_vip).await;
+    until_tcp_answers(itp_node_port, &["remote"]).await;
+}
+
+/// §7 items 11–14: ClientIP affinity sticks on the ClusterIP and the NodePort; switching it off
+/// spreads connections; switching it back on sticks again.
+#[tokio::test]
+async fn client_ip_affinity_sticks_and_can_be_switched() {
+    let fx = Fx::start(7).await;
+    let mut backends = Vec::new();
+    for i in 1..=3 {
+        backends.push(tcp_backend(SocketAddr::new(fx.ip(i), 8080), &format!("b{i}")).await);
+    }
+    let mut body =
+        service("sticky", "NodePort", json!([{"name": "http", "port": 80, "protocol": "TCP", "targetPort": 8080}]));
+    body["spec"]["sessionAffinity"] = json!("ClientIP");
+    body["spec"]["sessionAffinityConfig"] = json!({"clientIP": {"timeoutSeconds": 300}});
+    let svc = fx.create_service(body).await;
+    let eps = (1..=3).map(|i| endpoint(fx.ip(i), READY, NODE)).collect();
+    fx.put_slice("sticky", "sticky-1", ("http", "TCP", 8080), eps).await;
+    let vip = SocketAddr::new(cluster_ip(&svc), 80);
+    let node_port_addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), node_port(&svc, 0));
+    let all = ["b1", "b2", "b3"];
+    until_tcp_answers(vip, &all).await;
+    until_tcp_answers(node_port_addr, &all).await;
+
+    for addr in [vip, node_port_addr] {
+        let names = tcp_spread(addr, 15).await;
+        assert_eq!(distinct(&names).len(), 1, "15 connections to {addr} hit one backend: {names:?}");
+    }
+
+    fx.patch_service("sticky", json!({"spec": {"sessionAffinity": "None"}})).await;
+    eventually("connections to spread without affinity", || async {
+        (distinct(&tcp_spread(vip, 15).await).len() > 1).then_some(())
+    })
+    .await;
+    let names = tcp_spread(node_port_addr, 30).await;
+    assert!(distinct(&names).len() > 1, "the NodePort spreads too: {names:?}");
+
+    fx.patch_service("sticky", json!({"spec": {"sessionAffinity": "ClientIP"}})).await;
+    eventually("affinity to stick again", || async {
+        let names = tcp_spread(vip, 15).await;
+        (distinct(&names).len() == 1).then_some(())
+    })
+    .await;
+    let names = tcp_spread(node_port_addr, 15).await;
+    assert_eq!(distinct(&names).len(), 1, "the NodePort sticks again: {names:?}");
+}
+
+/// New connections use a changed endpoint set; a connection open to a removed endpoint keeps working.
+#[tokio::test]
+async fn endpoint_changes_apply_to_new_connections_only() {
+    let fx = Fx::start(8).await;
+    let _a = tcp_backend(SocketAddr::new(fx.ip(1), 8080), "old").await;
+    let _b = tcp_backend(SocketAddr::new(fx.ip(2), 8080), "new").await;
+    let svc = fx
+        .create_service(service(
+            "moving",
+            "ClusterIP",
+            json!([{"name": "http", "port": 80, "protocol": "TCP", "targetPort": 8080}]),
+        ))
+        .await;
+    let vip = SocketAddr::new(cluster_ip(&svc), 80);
+    fx.put_slice("moving", "moving-1", ("http", "TCP", 8080), vec![endpoint(fx.ip(1), READY, NODE)]).await;
+    until_tcp_answers(vip, &["old"]).await;
+    let mut open = BufReader::new(TcpStream::connect(vip).await.expect("connect"));
+    assert_eq!(greeting(&mut open).await.expect("greeting"), "old");
+
+    fx.put_slice("moving", "moving-1", ("http", "TCP", 8080), vec![endpoint(fx.ip(2), READY, NODE)]).await;
+    until_tcp_answers(vip, &["new"]).await;
+    assert_eq!(distinct(&tcp_spread(vip, 10).await), HashSet::from(["new"]));
+    open.get_mut().write_all(b"still there\n").await.expect("write");
+    assert_eq!(greeting(&mut open).await.expect("echo"), "still there", "the old connection still works");
+}
+
+/// A Service port another program already holds is retried without harming other Services, and
+/// taken once freed.
+#[tokio::test]
+async fn a_port_taken_by_another_program_does_not_break_other_services() {
+    let fx = Fx::start(9).await;
+    let _a = tcp_backend(SocketAddr::new(fx.ip(1), 8080), "a").await;
+    let taken_ip = IpAddr::V4(Ipv4Addr::new(127, 97, 9, 50));
+    let squatter = TcpListener::bind(SocketAddr::new(taken_ip, 80)).await.expect("the other program binds");
+    let ports = || json!([{"name": "http", "port": 80, "protocol": "TCP", "targetPort": 8080}]);
+    let mut blocked = service("blocked", "ClusterIP", ports());
+    blocked["spec"]["clusterIP"] = json!(taken_ip.to_string());
+    fx.create_service(blocked).await;
+    fx.put_slice("blocked", "blocked-1", ("http", "TCP", 8080), vec![endpoint(fx.ip(1), READY, NODE)]).await;
+    // An externalIP that is not on this machine cannot be bound either.
+    let mut foreign = service("foreign", "ClusterIP", ports());
+    foreign["spec"]["externalIPs"] = json!(["192.0.2.10"]);
+    let foreign = fx.create_service(foreign).await;
+    fx.put_slice("foreign", "foreign-1", ("http", "TCP", 8080), vec![endpoint(fx.ip(1), READY, NODE)]).await;
+    let free = fx.create_service(service("free", "ClusterIP", ports())).await;
+    fx.put_slice("free", "free-1", ("http", "TCP", 8080), vec![endpoint(fx.ip(1), READY, NODE)]).await;
+
+    until_tcp_answers(SocketAddr::new(cluster_ip(&free), 80), &["a"]).await;
+    until_tcp_answers(SocketAddr::new(cluster_ip(&foreign), 80), &["a"]).await;
+    let proxy = fx.cluster.proxy().expect("proxy");
+    for unbindable in [SocketAddr::new(taken_ip, 80), "192.0.2.10:80".parse().expect("addr")] {
+        eventually(&format!("{unbindable} to report its error"), || async {
+            proxy.listeners().into_iter().find(|l| {
+                l.listen.addr == unbindable
+                    && matches!(&l.state, kplane_proxy::ListenerState::Binding { error: Some(_) })
+            })
+        })
+        .await;
+    }
+
+    drop(squatter);
+    until_tcp_answers(SocketAddr::new(taken_ip, 80), &["a"]).await;
+}
+
+/// §7 items 22–23: a Service's ports served by different slices, on one IP or on two.
+#[tokio::test]
+async fn ports_in_multiple_slices() {
+    let fx = Fx::start(10).await;
+    let _p1 = tcp_backend(SocketAddr::new(fx.ip(1), 8080), "one-8080").await;
+    let _p2 = tcp_backend(SocketAddr::new(fx.ip(1), 8090), "one-8090").await;
+    let _p3 = tcp_backend(SocketAddr::new(fx.ip(2), 8090), "two-8090").await;
+    let ports = json!([
+        {"name": "example-port-80", "port": 80, "protocol": "TCP", "targetPort": 8080},
+        {"name": "example-port-81", "port": 81, "protocol": "TCP", "targetPort": 8090},
+    ]);
+    let svc = fx.create_service(service("multi", "ClusterIP", ports)).await;
+    fx.put_slice("multi", "multi-80", ("example-port-80", "TCP", 8080), vec![endpoint(fx.ip(1), READY, NODE)]).await;
+    fx.put_slice("multi", "multi-81", ("example-port-81", "TCP", 8090), vec![endpoint(fx.ip(1), READY, NODE)]).await;
+    until_tcp_answers(SocketAddr::new(cluster_ip(&svc), 80), &["one-8080"]).await;
+    until_tcp_answers(SocketAddr::new(cluster_ip(&svc), 81), &["one-8090"]).await;
+
+    // A second slice for port 81 with another IP: both serve it.
+    fx.put_slice("multi", "multi-81b", ("example-port-81", "TCP", 8090), vec![endpoint(fx.ip(2), READY, NODE)]).await;
+    eventually("both slices to serve port 81", || async {
+        let names = tcp_spread(SocketAddr::new(cluster_ip(&svc), 81), 20).await;
+        (distinct(&names) == HashSet::from(["one-8090", "two-8090"])).then_some(())
+    })
+    .await;
+}
+
+/// Bad input leaves the proxy serving: a UDP flood of new clients beyond the flow limit, a client
+/// that sends without ever reading, connections opened and dropped at once.
+#[tokio::test]
+async fn floods_and_stalled_clients_leave_the_proxy_serving() {
+    let fx = Fx::start_with(11, |c| c.udp_max_flows = 16).await;
+    let _tcp = tcp_backend(SocketAddr::new(fx.ip(1), 8080), "a").await;
+    let _udp = udp_backend(SocketAddr::new(fx.ip(1), 8080), "a").await;
+    let ports = json!([
+        {"name": "tcp", "port": 80, "protocol": "TCP", "targetPort": 8080},
+        {"name": "udp", "port": 80, "protocol": "UDP", "targetPort": 8080},
+    ]);
+    let svc = fx.create_service(service("busy", "ClusterIP", ports)).await;
+    fx.put_slice("busy", "busy-tcp", ("tcp", "TCP", 8080), vec![endpoint(fx.ip(1), READY, NODE)]).await;
+    fx.put_slice("busy", "busy-udp", ("udp", "UDP", 8080), vec![endpoint(fx.ip(1), READY, NODE)]).await;
+    let vip = SocketAddr::new(cluster_ip(&svc), 80);
+    until_tcp_answers(vip, &["a"]).await;
+    eventually("UDP answer", || async { ask_udp(vip).await.ok().filter(|n| n == "a") }).await;
+
+    // 300 new UDP clients, far over the limit of 16 flows, none reading its answer.
+    let mut flood = Vec::new();
+    for _ in 0..300 {
+        let socket = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+        socket.send_to(b"flood", vip).await.expect("send");
+        flood.push(socket);
+    }
+    eventually("a new UDP client to be answered after the flood", || async {
+        ask_udp(vip).await.ok().filter(|n| n == "a")
+    })
+    .await;
+
+    // A client that writes and never reads: the echoes back up until its connection stalls.
+    let mut stalled = TcpStream::connect(vip).await.expect("connect");
+    let _writer = Task(tokio::spawn(async move {
+        let chunk = vec![b'x'; 64 << 10];
+        while stalled.write_all(&chunk).await.is_ok() {}
+    }));
+    // Connections opened and dropped before anything is said.
+    for _ in 0..200 {
+        drop(TcpStream::connect(vip).await.expect("connect"));
+    }
+    assert_eq!(distinct(&tcp_spread(vip, 10).await), HashSet::from(["a"]));
+    assert_eq!(ask_udp(vip).await.expect("UDP still answered"), "a");
+}
