@@ -232,6 +232,7 @@ impl Cluster {
     pub async fn shutdown(mut self) {
         for t in self.tasks.drain(..) {
             t.abort();
+            let _ = t.await;
         }
         self.proxy.take();
         if let Some(stop) = self.stop.take() {

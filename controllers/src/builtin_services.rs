@@ -11,7 +11,7 @@ use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointSlic
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{Api, PostParams};
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, watcher};
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::time::Duration;
@@ -163,12 +163,16 @@ impl BuiltinServices {
         if let Err(e) = self.ensure(&client).await {
             tracing::warn!(error = %e, "built-in services");
         }
-        let services = watcher::watcher(Api::<Service>::all(client.clone()), watcher::Config::default()).map(|_| ());
+        let services = watcher::watcher(Api::<Service>::all(client.clone()), watcher::Config::default())
+            .default_backoff()
+            .map(|_| ());
         let endpoints =
             watcher::watcher(Api::<Endpoints>::namespaced(client.clone(), "default"), watcher::Config::default())
+                .default_backoff()
                 .map(|_| ());
         let slices =
             watcher::watcher(Api::<EndpointSlice>::namespaced(client.clone(), "default"), watcher::Config::default())
+                .default_backoff()
                 .map(|_| ());
         let mut changes = futures::stream::select(futures::stream::select(services, endpoints), slices).boxed();
         while changes.next().await.is_some() {

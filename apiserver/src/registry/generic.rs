@@ -214,6 +214,10 @@ impl Registry {
                         vec![FieldError::required("metadata.resourceVersion", "must be specified for an update")],
                     ));
                 }
+                // An unconditional update applies to the current object (`doUnconditionalUpdate`).
+                None => {
+                    meta::set_resource_version(&mut new, current.mod_revision);
+                }
                 _ => {}
             }
             let txn = match sub {
@@ -319,6 +323,7 @@ impl Registry {
                         meta::set_resource_version(&mut obj, revision);
                     } else {
                         strategy.after_delete(&obj);
+                        self.delete_companions(r, ns, name).await;
                     }
                     return Ok(obj);
                 }
@@ -327,6 +332,27 @@ impl Registry {
             }
         }
         Err(ApiError::conflict(info.group_resource(), name, "too many concurrent updates; please try again"))
+    }
+}
+
+impl Registry {
+    /// Deletes the same-named objects that go with a deleted one ([`super::Strategy::deletes_with`]).
+    async fn delete_companions(&self, r: &Resource, ns: Option<&str>, name: &str) {
+        for (group, plural) in r.strategy().deletes_with() {
+            let Some(companion) =
+                self.resources.iter().find(|c| c.info().group == *group && c.info().plural == *plural)
+            else {
+                continue;
+            };
+            let companion = companion.clone();
+            // Boxed: delete is recursive through here.
+            let result = Box::pin(self.delete(&companion, ns, name, &DeleteOptions::default())).await;
+            if let Err(e) = result
+                && e.code != 404
+            {
+                tracing::warn!(error = %e, "deleting {plural} {name} with its owner");
+            }
+        }
     }
 }
 

@@ -132,6 +132,12 @@ pub trait Strategy: Send + Sync + 'static {
     /// Work after an object is gone for good (`AfterDelete`): release what it held.
     fn after_delete(&self, _obj: &Value) {}
 
+    /// Kinds (group, plural) whose same-named object in the namespace goes with this one
+    /// (a Service takes its Endpoints, as upstream's service `afterDelete`).
+    fn deletes_with(&self) -> &'static [(&'static str, &'static str)] {
+        &[]
+    }
+
     /// Clears what a client may not set on create (e.g. `status`).
     fn prepare_for_create(&self, _obj: &mut Value) {}
 

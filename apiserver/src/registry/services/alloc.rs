@@ -279,11 +279,19 @@ impl AllocTxn {
         // Ports with the same number (53/TCP and 53/UDP) share one NodePort.
         let mut by_port: BTreeMap<i32, i32> = BTreeMap::new();
         let mut taken_here: BTreeSet<i32> = BTreeSet::new();
+        let requested: Vec<(i32, i32)> =
+            spec.ports.iter().flatten().map(|p| (p.port, p.node_port.unwrap_or(0))).collect();
         for (i, p) in spec.ports.iter_mut().flatten().enumerate() {
-            let np = p.node_port.unwrap_or(0);
+            let mut np = p.node_port.unwrap_or(0);
+            if np == 0 && auto && !by_port.contains_key(&p.port) {
+                // `findRequestedNodePort`: a later port with the same number that asks for a NodePort
+                // shares it with this one (earlier ones would be in `by_port` already).
+                np = requested[i..].iter().find(|(port, n)| *port == p.port && *n != 0).map_or(0, |(_, n)| *n);
+            }
             if np != 0 {
                 if held.contains(&np) || taken_here.contains(&np) && by_port.get(&p.port) == Some(&np) {
                     by_port.insert(p.port, np);
+                    p.node_port = Some(np);
                     continue;
                 }
                 self.take(Held::Port(np)).map_err(|e| {
@@ -296,6 +304,7 @@ impl AllocTxn {
                 })?;
                 taken_here.insert(np);
                 by_port.insert(p.port, np);
+                p.node_port = Some(np);
             } else if auto {
                 let np = match by_port.get(&p.port) {
                     Some(np) => *np,
@@ -333,7 +342,7 @@ impl AllocTxn {
                     .lock()
                     .ports
                     .allocate_next()
-                    .map_err(|e| ApiError::internal(format!("failed to allocate a HealthCheck NodePort {e}")))?;
+                    .map_err(|e| ApiError::internal(format!("failed to allocate a HealthCheck NodePort 0: {e}")))?;
                 self.allocated.push(Held::Port(p));
                 spec.health_check_node_port = Some(p);
                 Ok(())

@@ -160,6 +160,10 @@ impl Strategy for Services {
         }
     }
 
+    fn deletes_with(&self) -> &'static [(&'static str, &'static str)] {
+        &[("", "endpoints")]
+    }
+
     fn prepare_for_create(&self, obj: &mut Value) {
         reset_status(obj, json!({"loadBalancer": {}}));
     }
@@ -190,6 +194,16 @@ impl Strategy for Services {
         match (typed(new), typed(old)) {
             (Ok(n), Ok(o)) => validation::validate_service_status_update(&n, &o),
             (Err(e), _) | (_, Err(e)) => vec![FieldError::invalid("status", Value::Null, e.message)],
+        }
+    }
+
+    /// `defaultOnRead` hides `internalTrafficPolicy` of ExternalName services on every read; nothing reads
+    /// the stored value back, so it is dropped (after validation) before it is stored.
+    fn canonicalize(&self, obj: &mut Value) {
+        if obj["spec"]["type"] == validation::TYPE_EXTERNAL_NAME
+            && let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut)
+        {
+            spec.remove("internalTrafficPolicy");
         }
     }
 
