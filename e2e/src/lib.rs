@@ -80,6 +80,11 @@ impl Server {
     /// Starts a server and waits (up to [`START_TIMEOUT`]) for its ready line:
     /// `kplane ready: https://127.0.0.1:PORT kubeconfig=FILE`.
     pub fn try_start(data_dir: Option<&Path>) -> anyhow::Result<Self> {
+        Self::try_start_with(data_dir, &[])
+    }
+
+    /// As [`Server::try_start`], with more `kplane serve` flags.
+    pub fn try_start_with(data_dir: Option<&Path>, extra: &[&str]) -> anyhow::Result<Self> {
         let bin = kplane_bin()?;
         let scratch = tempfile::Builder::new().prefix("kplane-e2e-").tempdir()?;
         let kubeconfig = scratch.path().join("kubeconfig");
@@ -89,6 +94,7 @@ impl Server {
             Some(d) => cmd.arg("--data-dir").arg(d),
             None => cmd.arg("--ephemeral"),
         };
+        cmd.args(extra);
         cmd.env_remove("KUBECONFIG").stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = cmd.spawn().with_context(|| format!("spawning {}", bin.display()))?;
 
