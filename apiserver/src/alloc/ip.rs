@@ -36,6 +36,23 @@ impl IpFamily {
         }
     }
 
+    /// The family named by `IPv4` or `IPv6`.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "IPv4" => Some(IpFamily::V4),
+            "IPv6" => Some(IpFamily::V6),
+            _ => None,
+        }
+    }
+
+    /// The other family.
+    pub fn other(self) -> Self {
+        match self {
+            IpFamily::V4 => IpFamily::V6,
+            IpFamily::V6 => IpFamily::V4,
+        }
+    }
+
     /// The family of an address (IPv4-mapped IPv6 addresses count as IPv4, as in Go).
     pub fn of(ip: IpAddr) -> Self {
         match ip.to_canonical() {

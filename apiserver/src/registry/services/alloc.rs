@@ -36,10 +36,7 @@ pub struct ServiceAllocators {
 impl ServiceAllocators {
     pub fn new(service_cidrs: &[String], node_ports: (u16, u16)) -> Result<Self, AllocError> {
         let ips: Vec<IpAllocator> = service_cidrs.iter().map(|c| IpAllocator::parse(c)).collect::<Result<_, _>>()?;
-        let families = ips
-            .iter()
-            .map(|a| if a.family() == crate::alloc::IpFamily::V4 { IpFamily::V4 } else { IpFamily::V6 })
-            .collect();
+        let families = ips.iter().map(IpAllocator::family).collect();
         let ports = PortAllocator::parse(&format!("{}-{}", node_ports.0, node_ports.1))?;
         Ok(Self { inner: Arc::new(Mutex::new(Allocators { ips, ports })), families })
     }
@@ -152,7 +149,7 @@ impl ServiceAllocators {
 
 impl Allocators {
     fn ip_allocator(&mut self, ip: IpAddr) -> Option<&mut IpAllocator> {
-        self.ips.iter_mut().find(|a| a.family() == crate::alloc::IpFamily::of(ip))
+        self.ips.iter_mut().find(|a| a.family() == IpFamily::of(ip))
     }
 
     fn allocate(&mut self, h: Held) -> Result<(), AllocError> {
@@ -247,7 +244,7 @@ impl AllocTxn {
                     })?;
                 }
                 None => {
-                    let want = if family == "IPv6" { crate::alloc::IpFamily::V6 } else { crate::alloc::IpFamily::V4 };
+                    let want = IpFamily::parse(family).unwrap_or(IpFamily::V4);
                     let mut a = self.allocators.lock();
                     let Some(allocator) = a.ips.iter_mut().find(|a| a.family() == want) else { continue };
                     let ip = allocator

@@ -17,39 +17,8 @@ use std::collections::HashSet;
 /// `v1.DefaultClientIPServiceAffinitySeconds` (3 hours).
 pub const DEFAULT_CLIENT_IP_AFFINITY_SECONDS: i32 = 10800;
 
-/// A service IP family (`core.IPFamily`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum IpFamily {
-    V4,
-    V6,
-}
-
-impl IpFamily {
-    /// `IPv4` or `IPv6`, as in `spec.ipFamilies`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            IpFamily::V4 => "IPv4",
-            IpFamily::V6 => "IPv6",
-        }
-    }
-
-    /// The family named by `IPv4` or `IPv6`.
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "IPv4" => Some(IpFamily::V4),
-            "IPv6" => Some(IpFamily::V6),
-            _ => None,
-        }
-    }
-
-    /// The other family.
-    pub fn other(self) -> Self {
-        match self {
-            IpFamily::V4 => IpFamily::V6,
-            IpFamily::V6 => IpFamily::V4,
-        }
-    }
-}
+/// A service IP family (`core.IPFamily`): the allocators' own.
+pub use crate::alloc::IpFamily;
 
 fn is_empty(v: &Option<String>) -> bool {
     str_of(v).is_empty()
