@@ -163,6 +163,11 @@ pub trait Strategy: Send + Sync + 'static {
         Vec::new()
     }
 
+    /// Whether [`Strategy::restore`] needs the stored objects (reading them costs start-up time).
+    fn restores(&self) -> bool {
+        false
+    }
+
     /// Normalises the object before it is stored.
     fn canonicalize(&self, _obj: &mut Value) {}
 
@@ -355,7 +360,7 @@ impl Registry {
     /// Warning events on the objects (as upstream's repair controllers do).
     async fn restore(&self) -> ApiResult<()> {
         let mut problems = Vec::new();
-        for r in &self.resources {
+        for r in self.resources.iter().filter(|r| r.strategy().restores()) {
             let list = self.list(r, None, &ListOptions::default())?;
             let items = list["items"].as_array().map(Vec::as_slice).unwrap_or(&[]);
             problems.extend(r.strategy().restore(items));

@@ -211,6 +211,10 @@ impl Strategy for Services {
         self.allocators.restore(objects)
     }
 
+    fn restores(&self) -> bool {
+        true
+    }
+
     fn allow_create_on_update(&self) -> bool {
         true
     }
