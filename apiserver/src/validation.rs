@@ -269,7 +269,7 @@ fn parse_ip(value: &str, strict: bool) -> (Option<IpAddr>, Vec<String>) {
 
 /// `netutils.ParseIPSloppy` (Go's pre-1.17 `net.ParseIP`): the strict grammar except that decimal octets and hex
 /// groups may carry any number of leading zeros; done by stripping them before a strict parse.
-fn parse_ip_sloppy(s: &str) -> Option<IpAddr> {
+pub(crate) fn parse_ip_sloppy(s: &str) -> Option<IpAddr> {
     fn strip(part: &str) -> &str {
         let t = part.trim_start_matches('0');
         if t.is_empty() && !part.is_empty() { "0" } else { t }

@@ -133,17 +133,7 @@ pub(super) fn needs_health_check(spec: &ServiceSpec) -> bool {
 /// `netutils.ParseIPSloppy` (Go's pre-1.17 `net.ParseIP`): the strict grammar, except that decimal octets and hex
 /// groups may carry leading zeros. An IPv4-mapped IPv6 address comes back as IPv4, as Go's `To4()` sees it.
 pub(super) fn parse_ip_sloppy(s: &str) -> Option<IpAddr> {
-    fn strip(part: &str) -> &str {
-        let t = part.trim_start_matches('0');
-        if t.is_empty() && !part.is_empty() { "0" } else { t }
-    }
-    let v4 = |part: &str| part.split('.').map(strip).collect::<Vec<_>>().join(".");
-    let normalized = if s.contains(':') {
-        s.split(':').map(|g| if g.contains('.') { v4(g) } else { strip(g).to_string() }).collect::<Vec<_>>().join(":")
-    } else {
-        v4(s)
-    };
-    match normalized.parse::<IpAddr>().ok()? {
+    match crate::validation::parse_ip_sloppy(s)? {
         IpAddr::V6(v6) => Some(v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4)),
         v4 => Some(v4),
     }
