@@ -154,7 +154,7 @@ impl Registry {
         opts: &WriteOptions,
         sub: Option<Subresource>,
     ) -> ApiResult<(Value, bool)> {
-        let patch = patch::Patch::parse(patch_type, body)?;
+        let patch = patch::Patch::parse(patch_type, body, r.info().kind)?;
         let create = patch_type == PatchType::Apply;
         self.update_with(r, ns, name, opts, sub, None, create, |current| {
             let mut patched = patch.apply(current)?;

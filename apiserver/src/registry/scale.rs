@@ -46,7 +46,7 @@ impl Registry {
         body: &[u8],
         opts: &WriteOptions,
     ) -> ApiResult<Value> {
-        let patch = patch::Patch::parse(patch_type, body)?;
+        let patch = patch::Patch::parse(patch_type, body, "Scale")?;
         let (obj, _) = self
             .update_with(r, ns, name, opts, None, None, false, |current| {
                 let scale = patch.apply(&scale_of(current))?;
