@@ -16,7 +16,6 @@ pub const KUBE_MINOR: &str = "33";
 pub const KUBE_VERSION: &str = "v1.33.1";
 
 const VERBS: &[&str] = &["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"];
-const SUB_VERBS: &[&str] = &["get", "patch", "update"];
 
 pub async fn version() -> Response {
     json_response(
@@ -118,11 +117,9 @@ fn aggregated_group(name: &str, version: &str, kinds: &[&ResourceInfo]) -> Value
 }
 
 fn aggregated_subresource(i: &ResourceInfo, s: Subresource) -> Value {
-    let kind = match s {
-        Subresource::Status => json!({"group": i.group, "version": i.version, "kind": i.kind}),
-        Subresource::Scale => json!({"group": "autoscaling", "version": "v1", "kind": "Scale"}),
-    };
-    json!({"subresource": s.name(), "responseKind": kind, "verbs": SUB_VERBS})
+    let (group, version, kind) = s.response_kind().unwrap_or((i.group, i.version, i.kind));
+    let kind = json!({"group": group, "version": version, "kind": kind});
+    json!({"subresource": s.name(), "responseKind": kind, "verbs": s.verbs()})
 }
 
 pub async fn api(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
@@ -175,18 +172,16 @@ fn resource_list(group_version: &str, kinds: &[&ResourceInfo]) -> Value {
         }
         resources.push(r);
         for s in i.subresources {
-            let (group, version, kind) = match s {
-                Subresource::Status => (None, None, i.kind),
-                Subresource::Scale => (Some("autoscaling"), Some("v1"), "Scale"),
-            };
+            let response = s.response_kind();
             let mut r = json!({
                 "name": format!("{}/{}", i.plural, s.name()),
                 "singularName": "",
                 "namespaced": i.namespaced(),
-                "kind": kind,
-                "verbs": SUB_VERBS,
+                "kind": response.map_or(i.kind, |(_, _, k)| k),
+                "verbs": s.verbs(),
             });
-            if let (Some(g), Some(v)) = (group, version) {
+            // Only a kind of another group names it (`APIResource.group`/`version`).
+            if let Some((g, v, _)) = response.filter(|(g, _, _)| *g != i.group) {
                 r["group"] = g.into();
                 r["version"] = v.into();
             }

@@ -93,6 +93,13 @@ async fn serve(state: &AppState, req: Request) -> ApiResult<Response> {
             let opts = query.delete_options(&body, &headers)?;
             Ok(respond(StatusCode::OK, registry.delete(&r, ns, &name, &opts).await?))
         }
+        (Some(Subresource::Binding), Method::POST) => {
+            let binding = codec::decode_body(&headers, &body)?;
+            Ok(json_response(
+                StatusCode::CREATED,
+                &registry.bind(&r, ns, &name, binding, &query.write_options()?).await?,
+            ))
+        }
         (Some(Subresource::Scale), Method::GET) => {
             Ok(json_response(StatusCode::OK, &registry.get_scale(&r, ns, &name)?))
         }

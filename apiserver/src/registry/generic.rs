@@ -226,6 +226,8 @@ impl Registry {
                     None
                 }
                 Some(Subresource::Scale) => return Err(ApiError::internal("scale is updated through its own path")),
+                // The binding's own change sets spec and status together, as `BindingREST` writes storage directly.
+                Some(Subresource::Binding) => None,
                 None => {
                     let txn = strategy.begin_update(&mut new, &old, opts.dry_run)?;
                     strategy.prepare_for_update(&mut new, &old);

@@ -2,6 +2,7 @@
 //! generic store pipeline (upstream's `genericregistry.Store` + per-kind strategies).
 //! Everything particular to a kind lives in its own file here; nothing else names a kind.
 
+mod binding;
 mod configmaps;
 mod deployments;
 mod endpoints;
@@ -44,6 +45,8 @@ pub enum Subresource {
     Status,
     /// `/scale`: an `autoscaling/v1` `Scale` over `.spec.replicas`.
     Scale,
+    /// `/binding` of pods: POST a `Binding` to assign the pod to a node.
+    Binding,
 }
 
 impl Subresource {
@@ -51,6 +54,24 @@ impl Subresource {
         match self {
             Subresource::Status => "status",
             Subresource::Scale => "scale",
+            Subresource::Binding => "binding",
+        }
+    }
+
+    /// The verbs discovery lists for it.
+    pub fn verbs(self) -> &'static [&'static str] {
+        match self {
+            Subresource::Status | Subresource::Scale => &["get", "patch", "update"],
+            Subresource::Binding => &["create"],
+        }
+    }
+
+    /// The (group, version, kind) it answers with; `None` for the kind that serves it.
+    pub fn response_kind(self) -> Option<(&'static str, &'static str, &'static str)> {
+        match self {
+            Subresource::Status => None,
+            Subresource::Scale => Some(("autoscaling", "v1", "Scale")),
+            Subresource::Binding => Some(("", "v1", "Binding")),
         }
     }
 }
