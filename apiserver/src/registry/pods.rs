@@ -121,17 +121,24 @@ impl Strategy for Pods {
     }
 }
 
-/// `SetDefaults_Pod`, `SetDefaults_PodSpec` and the container defaults.
+/// `SetDefaults_Pod`, `SetDefaults_PodSpec` and the container defaults, plus what admission adds to
+/// every pod (service account, priority).
 fn set_defaults(obj: &mut Value) {
     let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut) else { return };
+    pod_spec_defaults(spec);
+    spec.entry("serviceAccountName").or_insert("default".into());
+    spec.entry("priority").or_insert(0.into());
+}
+
+/// `SetDefaults_PodSpec` and the container defaults: what every PodSpec gets, a pod's or a
+/// template's (Deployments, ReplicaSets).
+pub(super) fn pod_spec_defaults(spec: &mut Map<String, Value>) {
     spec.entry("restartPolicy").or_insert("Always".into());
     spec.entry("dnsPolicy").or_insert("ClusterFirst".into());
     spec.entry("terminationGracePeriodSeconds").or_insert(DEFAULT_GRACE.into());
     spec.entry("schedulerName").or_insert("default-scheduler".into());
     spec.entry("securityContext").or_insert_with(|| json!({}));
     spec.entry("enableServiceLinks").or_insert(true.into());
-    spec.entry("serviceAccountName").or_insert("default".into());
-    spec.entry("priority").or_insert(0.into());
     for list in ["initContainers", "containers"] {
         if let Some(Value::Array(containers)) = spec.get_mut(list) {
             for c in containers.iter_mut().filter_map(Value::as_object_mut) {
