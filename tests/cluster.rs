@@ -67,3 +67,52 @@ async fn watcher_sees_changes() {
     .expect("event within the deadline");
     assert_eq!(seen.as_deref(), Some("watched"));
 }
+
+/// One store of Events, two APIs: what a kube-rs `Recorder` writes (`events.k8s.io/v1`) is what
+/// `kubectl describe` reads (core/v1, by `involvedObject` field selectors), and the reverse.
+#[tokio::test]
+async fn events_are_one_resource_in_both_apis() {
+    use k8s_openapi::api::core::v1::Event as CoreEvent;
+    use k8s_openapi::api::events::v1::Event;
+    use kube::Resource;
+    use kube::runtime::events::{Event as Published, EventType, Recorder, Reporter};
+
+    let cluster = kplane::Cluster::start().await.expect("cluster starts");
+    let client = cluster.client();
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    let cm = cms.create(&PostParams::default(), &config_map("noted")).await.expect("create");
+    let reporter = Reporter { controller: "demo-controller".into(), instance: Some("demo-1".into()) };
+    let recorder = Recorder::new(client.clone(), reporter);
+    let published = Published {
+        type_: EventType::Warning,
+        reason: "Misconfigured".into(),
+        note: Some("key k is deprecated".into()),
+        action: "Check".into(),
+        secondary: None,
+    };
+    recorder.publish(&published, &cm.object_ref(&())).await.expect("publish");
+
+    let core: Api<CoreEvent> = Api::namespaced(client.clone(), "default");
+    let found = core
+        .list(&ListParams::default().fields("involvedObject.name=noted,involvedObject.kind=ConfigMap"))
+        .await
+        .expect("list core events");
+    assert_eq!(found.items.len(), 1, "{found:?}");
+    let e = &found.items[0];
+    assert_eq!(e.message.as_deref(), Some("key k is deprecated"));
+    assert_eq!((e.reason.as_deref(), e.type_.as_deref()), (Some("Misconfigured"), Some("Warning")));
+    assert_eq!(e.reporting_component.as_deref(), Some("demo-controller"));
+    assert_eq!(e.involved_object.uid, cm.metadata.uid);
+
+    // The reverse: a core/v1 Event is read, listed and watched as events.k8s.io/v1.
+    let mut legacy = e.clone();
+    legacy.metadata = kube::api::ObjectMeta { name: Some("noted.legacy".into()), ..Default::default() };
+    legacy.message = Some("written as core/v1".into());
+    core.create(&PostParams::default(), &legacy).await.expect("create core event");
+    let events: Api<Event> = Api::namespaced(client, "default");
+    let got = events.get("noted.legacy").await.expect("get as events.k8s.io");
+    assert_eq!(got.note.as_deref(), Some("written as core/v1"));
+    assert_eq!(got.regarding.as_ref().and_then(|r| r.name.as_deref()), Some("noted"));
+    let by_regarding = events.list(&ListParams::default().fields("regarding.name=noted")).await.expect("list");
+    assert_eq!(by_regarding.items.len(), 2);
+}

@@ -2,7 +2,7 @@
 //! `apiserver/pkg/registry/generic/registry/store.go`): create, get, update, patch, delete,
 //! in upstream's order, each write one storage transaction.
 
-use super::meta::{self, decode, encode, meta_str};
+use super::meta::{self, meta_str};
 use super::options::{DeleteOptions, PatchType, WriteOptions};
 use super::{Registry, Resource, Subresource};
 use crate::error::{ApiError, ApiResult, FieldError};
@@ -31,9 +31,9 @@ pub(super) fn interpret(r: &Resource, name: &str, e: StorageError) -> ApiError {
 impl Registry {
     /// GET of one object.
     pub fn get(&self, r: &Resource, ns: Option<&str>, name: &str) -> ApiResult<Value> {
-        let key = r.info().key(ns, name);
+        let key = r.key(ns, name);
         match self.store.get(&key).map_err(|e| interpret(r, name, e))? {
-            Some(kv) => decode(&kv),
+            Some(kv) => r.decode(&kv),
             None => Err(ApiError::not_found(r.info().group_resource(), name)),
         }
     }
@@ -69,8 +69,8 @@ impl Registry {
         }
         for attempt in 0.. {
             let name = meta::name(&obj).to_string();
-            let key = r.info().key(ns, &name);
-            let op = Op::Put { key, value: encode(&obj)?, pre: Precondition::Absent };
+            let key = r.key(ns, &name);
+            let op = Op::Put { key, value: r.encode(&obj)?, pre: Precondition::Absent };
             match self.store.commit(vec![op]).await {
                 Ok(revision) => {
                     if let Some(txn) = txn {
@@ -185,7 +185,7 @@ impl Registry {
     ) -> ApiResult<(Value, bool)> {
         let info = r.info();
         let strategy = r.strategy();
-        let key = info.key(ns, name);
+        let key = r.key(ns, name);
         let ns = ns.filter(|_| info.namespaced());
         for _ in 0..UPDATE_TRIES {
             let Some(current) = self.store.get(&key).map_err(|e| interpret(r, name, e))? else {
@@ -195,7 +195,7 @@ impl Registry {
                 }
                 return Err(ApiError::not_found(info.group_resource(), name));
             };
-            let old = decode(&current)?;
+            let old = r.decode(&current)?;
             let mut new = change(&old)?;
             strategy.set_defaults(&mut new);
             check_type(r, &new)?;
@@ -252,7 +252,7 @@ impl Registry {
                 // The last finalizer is gone: the update completes the deletion (`ShouldDeleteDuringUpdate`).
                 Op::Delete { key: key.clone(), pre: Precondition::ModRevision(current.mod_revision) }
             } else {
-                let value = encode(&new)?;
+                let value = r.encode(&new)?;
                 if value == current.value {
                     return Ok((old, false)); // nothing changed: no write, no new revision
                 }
@@ -283,12 +283,12 @@ impl Registry {
     pub async fn delete(&self, r: &Resource, ns: Option<&str>, name: &str, opts: &DeleteOptions) -> ApiResult<Value> {
         let info = r.info();
         let strategy = r.strategy();
-        let key = info.key(ns, name);
+        let key = r.key(ns, name);
         for _ in 0..UPDATE_TRIES {
             let Some(current) = self.store.get(&key).map_err(|e| interpret(r, name, e))? else {
                 return Err(ApiError::not_found(info.group_resource(), name));
             };
-            let mut obj = decode(&current)?;
+            let mut obj = r.decode(&current)?;
             check_preconditions(r, name, &obj, opts)?;
             strategy.before_delete(name)?;
             let mut finalizers = meta::finalizers(&obj);
@@ -312,7 +312,7 @@ impl Registry {
                 if !finalizers.is_empty() {
                     m.insert("finalizers".into(), json!(finalizers));
                 }
-                Op::Put { key: key.clone(), value: encode(&obj)?, pre: Precondition::ModRevision(current.mod_revision) }
+                Op::Put { key: key.clone(), value: r.encode(&obj)?, pre: Precondition::ModRevision(current.mod_revision) }
             } else {
                 Op::Delete { key: key.clone(), pre: Precondition::ModRevision(current.mod_revision) }
             };

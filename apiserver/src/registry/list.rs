@@ -2,7 +2,7 @@
 //! the watch cache's selector filtering, `limit`/`continue` tokens, bookmarks).
 
 use super::generic::interpret;
-use super::meta::{self, decode, decode_bytes, meta_str};
+use super::meta::{self, meta_str};
 use super::options::{DeleteOptions, ListOptions, WatchOptions};
 use super::{Registry, Resource};
 use crate::error::{ApiError, ApiResult};
@@ -123,7 +123,7 @@ impl Registry {
     pub fn list(&self, r: &Resource, ns: Option<&str>, opts: &ListOptions) -> ApiResult<Value> {
         let info = r.info();
         let filter = Filter::new(r, opts)?;
-        let prefix = info.key_prefix(ns);
+        let prefix = r.key_prefix(ns);
         let current = self.store.revision();
         let mut start = None;
         let mut token_revision = None;
@@ -151,7 +151,7 @@ impl Registry {
                     break 'scan;
                 }
                 start = Some(kv.key.clone());
-                let obj = decode(kv)?;
+                let obj = r.decode(kv)?;
                 if filter.matches(r, &obj) {
                     items.push(obj);
                 }
@@ -175,9 +175,8 @@ impl Registry {
 
     /// WATCH: the changes after a revision (or the current state first), filtered by the selectors.
     pub fn watch(&self, r: &Arc<Resource>, ns: Option<&str>, opts: &WatchOptions) -> ApiResult<Watch> {
-        let info = r.info();
         let filter = Filter::new(r, &opts.list)?;
-        let prefix = info.key_prefix(ns);
+        let prefix = r.key_prefix(ns);
         let rv = opts.list.resource_version.as_deref().filter(|s| !s.is_empty());
         let send_initial = opts.send_initial_events.unwrap_or(matches!(rv, None | Some("0")));
         if opts.send_initial_events == Some(true) && !opts.allow_bookmarks {
@@ -363,8 +362,8 @@ impl Watch {
                 }
             };
             self.last_revision = event.revision;
-            let new = event.value.as_deref().map(|b| decode_bytes(b, event.revision)).transpose().ok()?;
-            let old = event.prev.as_deref().map(|b| decode_bytes(b, event.revision)).transpose().ok()?;
+            let new = event.value.as_deref().map(|b| r.decode_bytes(b, event.revision)).transpose().ok()?;
+            let old = event.prev.as_deref().map(|b| r.decode_bytes(b, event.revision)).transpose().ok()?;
             let matches_new = new.as_ref().is_some_and(|o| self.strategy_filter.matches(r, o));
             let matches_old = old.as_ref().is_some_and(|o| self.strategy_filter.matches(r, o));
             let out = match (event.kind, matches_old, matches_new) {

@@ -139,6 +139,23 @@ pub trait Strategy: Send + Sync + 'static {
     /// (`SetDefaults_<Kind>`): on create, update and the result of a patch.
     fn set_defaults(&self, _obj: &mut Value) {}
 
+    /// The kind this one is stored as, for a kind that is another version of a stored resource
+    /// (`events.k8s.io/v1` Events are stored as core/v1 Events, as upstream): both then share one
+    /// set of keys, and [`Strategy::to_stored`] / [`Strategy::from_stored`] convert.
+    fn stored_as(&self) -> Option<&'static ResourceInfo> {
+        None
+    }
+
+    /// The stored form of an object of this kind (see [`Strategy::stored_as`]).
+    fn to_stored(&self, obj: Value) -> Value {
+        obj
+    }
+
+    /// An object of this kind from its stored form (see [`Strategy::stored_as`]).
+    fn from_stored(&self, obj: Value) -> Value {
+        obj
+    }
+
     /// Work a create needs before validation (allocation), undone unless the write commits
     /// (`BeginCreate`). Runs after defaulting and system fields, before `prepare_for_create`.
     fn begin_create(&self, _obj: &mut Value, _dry_run: bool) -> ApiResult<Option<Box<dyn Transaction>>> {
@@ -260,6 +277,35 @@ impl Resource {
 
     pub fn strategy(&self) -> &dyn Strategy {
         &*self.strategy
+    }
+
+    /// Where this kind's objects are stored: its own keys, or those of the kind it is stored as.
+    fn storage_info(&self) -> &'static ResourceInfo {
+        self.strategy.stored_as().unwrap_or(self.info())
+    }
+
+    fn key_prefix(&self, namespace: Option<&str>) -> String {
+        self.storage_info().key_prefix(namespace)
+    }
+
+    fn key(&self, namespace: Option<&str>, name: &str) -> String {
+        self.storage_info().key(namespace, name)
+    }
+
+    /// A stored value as an object of this kind.
+    fn decode(&self, kv: &crate::storage::KeyValue) -> ApiResult<Value> {
+        Ok(self.strategy.from_stored(meta::decode(kv)?))
+    }
+
+    fn decode_bytes(&self, bytes: &[u8], revision: crate::storage::Revision) -> ApiResult<Value> {
+        Ok(self.strategy.from_stored(meta::decode_bytes(bytes, revision)?))
+    }
+
+    fn encode(&self, obj: &Value) -> ApiResult<crate::storage::Bytes> {
+        match self.strategy.stored_as() {
+            None => meta::encode(obj),
+            Some(_) => meta::encode(&self.strategy.to_stored(obj.clone())),
+        }
     }
 }
 
