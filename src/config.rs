@@ -75,6 +75,8 @@ pub struct Config {
     pub service_cidr: String,
     pub pod_cidr: String,
     pub node_port_range: NodePortRange,
+    /// `--lb-pool`: where LoadBalancer ingress IPs come from, one range or one per family.
+    pub lb_pool: String,
     pub cluster_domain: String,
     /// The cluster DNS address (UDP and TCP); `None` runs no DNS server.
     pub dns_listen: Option<SocketAddr>,
@@ -96,6 +98,7 @@ impl Config {
             service_cidr: "127.96.0.0/12".into(),
             pod_cidr: "127.244.0.0/16".into(),
             node_port_range: NodePortRange { first: 30000, last: 32767 },
+            lb_pool: "127.240.0.0/16".into(),
             cluster_domain: "cluster.local".into(),
             dns_listen: None,
             dns_upstreams: Vec::new(),
@@ -113,6 +116,11 @@ impl Config {
             [a, b] if a.addr.is_ipv4() != b.addr.is_ipv4() => Ok(cidrs),
             _ => Err(invalid("--service-cidr", &self.service_cidr, "expected one range, or one IPv4 and one IPv6")),
         }
+    }
+
+    /// The LoadBalancer pools, parsed.
+    pub fn lb_pools(&self) -> Result<Vec<Cidr>, ConfigError> {
+        self.lb_pool.split(',').map(|s| Cidr::parse("--lb-pool", s.trim())).collect()
     }
 
     /// The ClusterIP of `default/kubernetes`: the first address of the primary range.
@@ -138,6 +146,7 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.service_cidrs()?;
         Cidr::parse("--pod-cidr", &self.pod_cidr)?;
+        self.lb_pools()?;
         let d = &self.cluster_domain;
         if d.is_empty() || d.split('.').any(|l| l.is_empty() || l.len() > 63) {
             return Err(invalid("--cluster-domain", d, "must be a DNS domain such as cluster.local"));

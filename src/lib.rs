@@ -21,6 +21,7 @@ use kplane_apiserver::http::{self, AppState, Authenticator};
 use kplane_apiserver::registry::{Registry, RegistryConfig};
 use kplane_apiserver::storage::{SledBackend, StorageError, Store};
 use kplane_controllers::builtin_services::BuiltinServices;
+use kplane_controllers::lb_ipam;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -143,6 +144,8 @@ impl Cluster {
         };
         builtin.ensure(&self.client).await.map_err(ClusterError::Controller)?;
         self.tasks.push(tokio::spawn(builtin.run(self.client.clone())));
+        let pools = config.lb_pools()?.iter().map(|c| lb_ipam::Pool { network: c.addr, prefix: c.prefix }).collect();
+        self.tasks.push(tokio::spawn(lb_ipam::LbIpam::new(self.client.clone(), pools).run()));
         Ok(())
     }
 
@@ -228,7 +231,8 @@ impl Cluster {
         self.kubeconfig_outcome == Some(KubeconfigOutcome::Merged)
     }
 
-    /// Stops serving: no new connections; open ones get a moment to finish.
+    /// Stops serving: no new connections; open ones get a moment to finish. When it returns,
+    /// the data directory is free for another cluster.
     pub async fn shutdown(mut self) {
         for t in self.tasks.drain(..) {
             t.abort();
@@ -243,6 +247,15 @@ impl Cluster {
         }
         if let Some(server) = self.server.take() {
             let _ = server.await;
+        }
+        // The in-process client's buffer worker and in-flight responses hold the registry, and
+        // with it the data directory's lock, for a moment after their clients are gone: wait
+        // for them, so a cluster over the same directory can start as soon as this returns.
+        let store = Arc::downgrade(&self.registry);
+        drop(self);
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+        while store.strong_count() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
         }
     }
 }

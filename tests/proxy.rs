@@ -52,6 +52,7 @@ impl Fx {
         let config = Config {
             service_cidr: format!("127.97.{n}.0/24"),
             node_port_range: NodePortRange { first, last: first + 19 },
+            lb_pool: format!("127.241.{n}.0/24"),
             proxy: Some(proxy),
             ..Config::ephemeral()
         };
@@ -623,4 +624,133 @@ async fn floods_and_stalled_clients_leave_the_proxy_serving() {
     }
     assert_eq!(distinct(&tcp_spread(vip, 10).await), HashSet::from(["a"]));
     assert_eq!(ask_udp(vip).await.expect("UDP still answered"), "a");
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// LoadBalancer: the LB IPAM controller's ingress IPs, served by the proxy.
+
+fn ingress(svc: &Service) -> Vec<(String, String)> {
+    let ingress = svc.status.as_ref().and_then(|s| s.load_balancer.as_ref()).and_then(|lb| lb.ingress.clone());
+    ingress.unwrap_or_default().into_iter().map(|i| (i.ip.unwrap_or_default(), i.ip_mode.unwrap_or_default())).collect()
+}
+
+impl Fx {
+    /// Waits until Service `name` has exactly `want` as ingress IPs (all with ipMode VIP).
+    async fn until_ingress(&self, name: &str, want: &[&str]) -> Service {
+        eventually(&format!("{name} ingress {want:?}"), || async {
+            let svc = self.services().get(name).await.ok()?;
+            let got = ingress(&svc);
+            let wanted: Vec<(String, String)> = want.iter().map(|ip| (ip.to_string(), "VIP".to_string())).collect();
+            (got == wanted).then_some(svc)
+        })
+        .await
+    }
+
+    /// Waits for an Event on Service `name` with `reason`; returns its message.
+    async fn until_event(&self, name: &str, reason: &str) -> String {
+        let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(self.cluster.client(), NS);
+        let fields = format!("involvedObject.name={name},reason={reason}");
+        eventually(&format!("{reason} event on {name}"), || async {
+            let list = events.list(&kube::api::ListParams::default().fields(&fields)).await.ok()?;
+            list.items.into_iter().next().and_then(|e| e.message)
+        })
+        .await
+    }
+}
+
+#[tokio::test]
+async fn load_balancers_get_ingress_ips_that_the_proxy_serves() {
+    let fx = Fx::start(12).await;
+    let _backend = tcp_backend(SocketAddr::new(fx.ip(1), 8080), "lb-backend").await;
+    fx.create_service(service("web", "LoadBalancer", json!([{"name": "http", "port": 80, "targetPort": 8080}]))).await;
+    fx.put_slice("web", "web-1", ("http", "TCP", 8080), vec![endpoint(fx.ip(1), READY, NODE)]).await;
+    let svc = fx.until_ingress("web", &["127.241.12.1"]).await;
+    let message = fx.until_event("web", "IPAllocated").await;
+    assert_eq!(message, r#"Assigned IP ["127.241.12.1"]"#);
+    // The ingress IP, the ClusterIP and the NodePort all reach the backend.
+    until_tcp_answers("127.241.12.1:80".parse().expect("addr"), &["lb-backend"]).await;
+    until_tcp_answers(SocketAddr::new(cluster_ip(&svc), 80), &["lb-backend"]).await;
+    until_tcp_answers(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), node_port(&svc, 0)), &["lb-backend"]).await;
+
+    // Another class is someone else's; a ClusterIP Service has no ingress.
+    let mut other = service("other", "LoadBalancer", json!([{"port": 80}]));
+    other["spec"]["loadBalancerClass"] = json!("example.com/internal-vip");
+    fx.create_service(other).await;
+    fx.create_service(service("plain", "ClusterIP", json!([{"port": 80}]))).await;
+    let second = service("second", "LoadBalancer", json!([{"port": 81}]));
+    fx.create_service(second).await;
+    fx.until_ingress("second", &["127.241.12.2"]).await;
+    for name in ["other", "plain"] {
+        assert!(ingress(&fx.services().get(name).await.expect("get")).is_empty(), "{name} has no ingress");
+    }
+
+    // Turning the Service into a ClusterIP clears its ingress and stops serving the IP.
+    fx.patch_service("web", json!({"spec": {"type": "ClusterIP"}})).await;
+    fx.until_ingress("web", &[]).await;
+    until_tcp_refused("127.241.12.1:80".parse().expect("addr")).await;
+    // The freed address is the lowest again.
+    fx.create_service(service("third", "LoadBalancer", json!([{"port": 82}]))).await;
+    fx.until_ingress("third", &["127.241.12.1"]).await;
+}
+
+#[tokio::test]
+async fn requested_load_balancer_ips_conflict_and_wait_for_release() {
+    let fx = Fx::start(13).await;
+    let mut first = service("first", "LoadBalancer", json!([{"port": 80}]));
+    first["spec"]["loadBalancerIP"] = json!("127.241.13.7");
+    fx.create_service(first).await;
+    fx.until_ingress("first", &["127.241.13.7"]).await;
+
+    // The same address through MetalLB's annotation: refused while taken, with a Warning.
+    let mut second = service("second", "LoadBalancer", json!([{"port": 80}]));
+    second["metadata"]["annotations"] = json!({"metallb.io/loadBalancerIPs": "127.241.13.7"});
+    fx.create_service(second).await;
+    let message = fx.until_event("second", "AllocationFailed").await;
+    assert_eq!(
+        message,
+        r#"Failed to allocate IP for "default/second": requested IP 127.241.13.7 is already allocated to default/first"#
+    );
+    assert!(ingress(&fx.services().get("second").await.expect("get")).is_empty());
+
+    // An address outside the pool is refused too.
+    let mut outside = service("outside", "LoadBalancer", json!([{"port": 80}]));
+    outside["spec"]["loadBalancerIP"] = json!("127.0.0.9");
+    fx.create_service(outside).await;
+    let message = fx.until_event("outside", "AllocationFailed").await;
+    assert!(message.ends_with("requested IP 127.0.0.9 is not in any pool of this cluster"), "{message}");
+
+    // Deleting the holder hands the address to the waiting Service.
+    fx.services().delete("first", &DeleteParams::default()).await.expect("delete");
+    fx.until_ingress("second", &["127.241.13.7"]).await;
+}
+
+#[tokio::test]
+async fn load_balancer_ips_survive_a_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = || Config {
+        data_dir: Some(dir.path().to_path_buf()),
+        service_cidr: "127.97.14.0/24".into(),
+        node_port_range: NodePortRange { first: 31280, last: 31299 },
+        lb_pool: "127.241.14.0/24".into(),
+        ..Config::ephemeral()
+    };
+    let mut assigned = Vec::new();
+    {
+        let fx = Fx { cluster: Cluster::start_with(config()).await.expect("cluster starts"), n: 14 };
+        for name in ["a", "b", "c"] {
+            fx.create_service(service(name, "LoadBalancer", json!([{"port": 80}]))).await;
+        }
+        for (name, ip) in [("a", "127.241.14.1"), ("b", "127.241.14.2"), ("c", "127.241.14.3")] {
+            fx.until_ingress(name, &[ip]).await;
+        }
+        fx.services().delete("a", &DeleteParams::default()).await.expect("delete");
+        fx.cluster.shutdown().await;
+    }
+    let fx = Fx { cluster: Cluster::start_with(config()).await.expect("cluster restarts"), n: 14 };
+    // b and c keep their addresses; a new Service gets the one a freed.
+    fx.create_service(service("d", "LoadBalancer", json!([{"port": 80}]))).await;
+    for (name, ip) in [("b", "127.241.14.2"), ("c", "127.241.14.3"), ("d", "127.241.14.1")] {
+        assigned.push(fx.until_ingress(name, &[ip]).await);
+    }
+    assert_eq!(assigned.len(), 3);
 }

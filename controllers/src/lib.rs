@@ -3,3 +3,4 @@
 //! against a real cluster.
 
 pub mod builtin_services;
+pub mod lb_ipam;
