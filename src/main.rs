@@ -65,6 +65,9 @@ struct ServeArgs {
     /// Run no service proxy (ClusterIPs and NodePorts then answer nothing).
     #[arg(long)]
     no_proxy: bool,
+    /// Where the proxy serves `/healthz` and `/livez`, or `none`.
+    #[arg(long, value_name = "ADDR|none", default_value = "127.0.0.1:10256")]
+    proxy_healthz_listen: OptionalAddr,
 }
 
 #[derive(clap::Args)]
@@ -81,6 +84,20 @@ struct ResolvConfArgs {
     /// The cluster DNS domain.
     #[arg(long, value_name = "DOMAIN", default_value = "cluster.local")]
     cluster_domain: String,
+}
+
+/// `IP:PORT`, or `none`.
+#[derive(Debug, Clone, Copy)]
+struct OptionalAddr(Option<SocketAddr>);
+
+impl std::str::FromStr for OptionalAddr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "none" => Ok(Self(None)),
+            _ => s.parse().map(|a| Self(Some(a))).map_err(|_| format!("{s:?} is not IP:PORT or none")),
+        }
+    }
 }
 
 /// `IP` (port 53), `IP:PORT` or `[IPv6]:PORT`.
@@ -121,7 +138,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         dns_listen: None,
         dns_upstreams: args.dns_upstream,
         dns_ttl: args.dns_ttl,
-        proxy: (!args.no_proxy).then(kplane::ProxyConfig::default),
+        proxy: (!args.no_proxy).then(|| kplane::ProxyConfig {
+            healthz_listen: args.proxy_healthz_listen.0,
+            ..kplane::ProxyConfig::default()
+        }),
     };
     // The DNS sockets are bound before the cluster starts, so the proxy cannot take the kube-dns address first.
     let mut config = config;

@@ -754,3 +754,97 @@ async fn load_balancer_ips_survive_a_restart() {
     }
     assert_eq!(assigned.len(), 3);
 }
+
+// ---------------------------------------------------------------------------------------------------------------
+// Health checks: the health-check NodePort of `externalTrafficPolicy: Local` LoadBalancers, and the proxy's own.
+
+/// A plain HTTP/1.1 GET: status, headers (lower-cased names) and body.
+async fn http_get(addr: SocketAddr, path: &str) -> io::Result<(u16, Vec<(String, String)>, String)> {
+    use tokio::io::AsyncReadExt;
+    let mut stream = timeout(ATTEMPT, TcpStream::connect(addr)).await.map_err(|_| io::ErrorKind::TimedOut)??;
+    stream.write_all(format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").as_bytes()).await?;
+    let mut raw = String::new();
+    timeout(ATTEMPT, stream.read_to_string(&mut raw)).await.map_err(|_| io::ErrorKind::TimedOut)??;
+    let (head, body) = raw.split_once("\r\n\r\n").ok_or_else(|| io::Error::other(format!("no head in {raw:?}")))?;
+    let mut lines = head.lines();
+    let status = lines.next().and_then(|l| l.split(' ').nth(1)?.parse().ok()).unwrap_or(0);
+    let headers = lines
+        .filter_map(|l| l.split_once(": "))
+        .map(|(k, v)| (k.to_ascii_lowercase(), v.to_string()))
+        .collect();
+    Ok((status, headers, body.to_string()))
+}
+
+fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+}
+
+#[tokio::test]
+async fn health_check_node_port_reports_local_ready_endpoints() {
+    let fx = Fx::start(15).await;
+    // A health-check port someone else holds at first: an Event, then served once it is free.
+    let hc_port = 31000 + 20 * 15 + 19;
+    let squatter = std::net::TcpListener::bind(("127.0.0.1", hc_port)).expect("squat");
+    let mut svc = service("local", "LoadBalancer", json!([{"name": "http", "port": 80, "targetPort": 8080}]));
+    svc["spec"]["externalTrafficPolicy"] = json!("Local");
+    svc["spec"]["healthCheckNodePort"] = json!(hc_port);
+    fx.create_service(svc).await;
+    let hc = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), hc_port);
+    let message = fx.until_event("local", "FailedToStartServiceHealthcheck").await;
+    assert!(message.starts_with(&format!("node {NODE} failed to start healthcheck \"default/local\" on port {hc_port}")));
+    drop(squatter);
+
+    // Two local ready IPs (one with two entries), one remote, one local terminating.
+    let endpoints = vec![
+        endpoint(fx.ip(1), READY, NODE),
+        endpoint(fx.ip(2), READY, NODE),
+        endpoint(fx.ip(3), READY, "node-b"),
+        endpoint(fx.ip(4), (false, true, true), NODE),
+    ];
+    fx.put_slice("local", "local-1", ("http", "TCP", 8080), endpoints).await;
+    let (status, headers, body) = eventually("the health check to count 2", || async {
+        http_get(hc, "/any/path").await.ok().filter(|(_, _, body)| body.contains(r#""localEndpoints": 2"#))
+    })
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body,
+        r#"{"service": {"namespace": "default", "name": "local"}, "localEndpoints": 2, "serviceProxyHealthy": true}"#
+    );
+    assert_eq!(header(&headers, "content-type"), Some("application/json"));
+    assert_eq!(header(&headers, "x-content-type-options"), Some("nosniff"));
+    assert_eq!(header(&headers, "x-load-balancing-endpoint-weight"), Some("2"));
+
+    // Only remote and terminating endpoints left: 503, so a load balancer skips this node.
+    let endpoints = vec![endpoint(fx.ip(3), READY, "node-b"), endpoint(fx.ip(4), (false, true, true), NODE)];
+    fx.put_slice("local", "local-1", ("http", "TCP", 8080), endpoints).await;
+    let (status, headers, _) = eventually("the health check to fail", || async {
+        http_get(hc, "/").await.ok().filter(|(status, _, _)| *status == 503)
+    })
+    .await;
+    assert_eq!(status, 503);
+    assert_eq!(header(&headers, "x-load-balancing-endpoint-weight"), Some("0"));
+
+    // Cluster traffic policy: no health check any more.
+    fx.patch_service("local", json!({"spec": {"externalTrafficPolicy": "Cluster"}})).await;
+    eventually("the health check port to close", || async { http_get(hc, "/").await.is_err().then_some(()) }).await;
+}
+
+#[tokio::test]
+async fn proxy_serves_healthz_and_livez() {
+    let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
+    let addr = probe.local_addr().expect("addr");
+    drop(probe);
+    let _fx = Fx::start_with(16, |p| p.healthz_listen = Some(addr)).await;
+    let (status, headers, body) =
+        eventually("healthz", || async { http_get(addr, "/healthz").await.ok() }).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(header(&headers, "content-type"), Some("application/json"));
+    let doc: Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(doc["nodeEligible"], true);
+    assert!(doc["lastUpdated"].as_str().is_some_and(|t| t.ends_with(" +0000 UTC")), "{body}");
+    let (status, _, body) = http_get(addr, "/livez").await.expect("livez");
+    assert_eq!(status, 200);
+    let doc: Value = serde_json::from_str(&body).expect("json");
+    assert!(doc.get("nodeEligible").is_none() && doc["currentTime"].is_string(), "{body}");
+}

@@ -3,8 +3,10 @@
 //! and the proxier's per-service loop). No IO here; `sync` applies the result.
 
 use crate::endpoints::{self, Endpoint, PortKey, Protocol, SERVICE_NAME_LABEL, Topology};
+use crate::health::ServiceHealth;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use std::collections::BTreeSet;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
@@ -84,6 +86,8 @@ pub struct Node<'a> {
 pub struct Desired {
     pub routes: BTreeMap<Listen, RouteSpec>,
     pub conflicts: Vec<Conflict>,
+    /// Health-check NodePorts of `externalTrafficPolicy: Local` LoadBalancers, by port.
+    pub health: BTreeMap<u16, ServiceHealth>,
 }
 
 /// Computes the listeners and their endpoints. Services the proxy does not handle (headless,
@@ -115,6 +119,9 @@ pub fn desired(services: &[Arc<Service>], slices: &[Arc<EndpointSlice>], node: N
         let namespace = service.metadata.namespace.as_deref().unwrap_or_default();
         let name = service.metadata.name.as_deref().unwrap_or_default();
         let slices = slices_by_service.get(&(namespace, name)).map(Vec::as_slice).unwrap_or_default();
+        if let Some((port, health)) = service_health(service, slices, node) {
+            out.health.entry(port).or_insert(health);
+        }
         for (listen, spec) in service_routes(service, slices, node, topo) {
             match out.routes.get(&listen) {
                 Some(kept) if kept.service == spec.service => {} // e.g. an externalIP listed twice
@@ -143,6 +150,28 @@ fn drop_loops(routes: &mut BTreeMap<Listen, RouteSpec>) {
         spec.endpoints.retain(|e| own.binary_search(&Listen { addr: *e, protocol: listen.protocol }).is_err());
         !spec.endpoints.is_empty()
     });
+}
+
+/// The health check of a Service with a `healthCheckNodePort` (`service_health.go`): the number
+/// of distinct ready endpoint IPs on this node, across all its ports.
+fn service_health(service: &Service, slices: &[&EndpointSlice], node: Node<'_>) -> Option<(u16, ServiceHealth)> {
+    let spec = service.spec.as_ref()?;
+    let port = spec.health_check_node_port.and_then(|p| u16::try_from(p).ok()).filter(|p| *p != 0)?;
+    if spec.type_.as_deref() != Some("LoadBalancer") || spec.external_traffic_policy.as_deref() != Some("Local") {
+        return None;
+    }
+    let local: BTreeSet<IpAddr> = endpoints::by_port(slices.iter().copied(), node.name)
+        .into_values()
+        .flatten()
+        .filter(|e| e.local && e.ready)
+        .map(|e| e.addr.ip())
+        .collect();
+    let health = ServiceHealth {
+        namespace: service.metadata.namespace.clone().unwrap_or_default(),
+        name: service.metadata.name.clone().unwrap_or_default(),
+        local_endpoints: local.len(),
+    };
+    Some((port, health))
 }
 
 /// Slices of headless Services carry this label; the proxy ignores them.

@@ -26,6 +26,7 @@ pub mod balance;
 pub mod connect;
 pub mod desired;
 pub mod endpoints;
+mod health;
 mod listener;
 mod sync;
 mod tcp;
@@ -59,6 +60,8 @@ pub struct ProxyConfig {
     /// Addresses served by something else in this process (the cluster DNS on the kube-dns
     /// ClusterIP): the proxy leaves them alone, TCP and UDP.
     pub reserved: Vec<std::net::SocketAddr>,
+    /// Where the proxy serves `/healthz` and `/livez` (`--proxy-healthz-listen`); `None`: nowhere.
+    pub healthz_listen: Option<std::net::SocketAddr>,
 }
 
 impl Default for ProxyConfig {
@@ -72,6 +75,7 @@ impl Default for ProxyConfig {
             udp_max_flows: 1024,
             min_sync_interval: Duration::from_millis(5),
             reserved: Vec::new(),
+            healthz_listen: None,
         }
     }
 }
@@ -116,6 +120,7 @@ pub struct ListenerStatus {
 /// A running proxy. Dropping it stops the proxy: listeners close and open connections end.
 pub struct ProxyHandle {
     task: tokio::task::JoinHandle<()>,
+    healthz: Option<tokio::task::JoinHandle<()>>,
     synced: watch::Receiver<bool>,
     status: Arc<Mutex<BTreeMap<Listen, ListenerStatus>>>,
     /// Dropped with the handle, which tells every connection task to end.
@@ -125,6 +130,9 @@ pub struct ProxyHandle {
 impl Drop for ProxyHandle {
     fn drop(&mut self) {
         self.task.abort();
+        if let Some(h) = &self.healthz {
+            h.abort();
+        }
     }
 }
 
@@ -165,6 +173,8 @@ pub async fn run(client: kube::Client, config: ProxyConfig) -> Result<ProxyHandl
         status: status.clone(),
     };
     let (synced_tx, synced_rx) = watch::channel(false);
-    let sync = sync::start(client, config, shared, synced_tx).await?;
-    Ok(ProxyHandle { task: tokio::spawn(sync), synced: synced_rx, status, _shutdown: shutdown_tx })
+    let health = Arc::new(health::ProxyHealth::default());
+    let healthz = config.healthz_listen.map(|addr| health::serve_proxy_health(addr, health.clone()));
+    let sync = sync::start(client, config, shared, synced_tx, health).await?;
+    Ok(ProxyHandle { task: tokio::spawn(sync), healthz, synced: synced_rx, status, _shutdown: shutdown_tx })
 }

@@ -6,12 +6,14 @@ use crate::affinity::Affinity;
 use crate::balance::Route;
 use crate::desired::{self, Conflict, Desired, Listen, RouteSpec, ServicePortName};
 use crate::endpoints::ZONE_LABEL;
+use crate::health::{ProxyHealth, ServiceHealth, ServiceHealthServers, TO_BE_DELETED_TAINT};
 use crate::listener::{Listener, Shared};
 use crate::{ProxyConfig, ProxyError};
 use futures::{Stream, StreamExt};
-use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::api::core::v1::{Node, ObjectReference, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Api;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use std::collections::{BTreeMap, HashMap};
@@ -40,19 +42,25 @@ pub(crate) async fn start(
     config: ProxyConfig,
     shared: Shared,
     synced: watch::Sender<bool>,
+    health: Arc<ProxyHealth>,
 ) -> Result<impl Future<Output = ()>, ProxyError> {
     let services: Api<Service> = Api::all(client.clone());
     let slices: Api<EndpointSlice> = Api::all(client.clone());
-    let nodes: Api<Node> = Api::all(client);
+    let nodes: Api<Node> = Api::all(client.clone());
     // Fail fast when the API cannot be reached or read, rather than retrying silently forever.
     services.list_metadata(&kube::api::ListParams::default().limit(1)).await?;
 
     let changed = Arc::new(Notify::new());
+    let mut health_servers = ServiceHealthServers::new(
+        config.node_ips.clone(),
+        health.clone(),
+        bind_failure_events(client, &config.node_name),
+    );
     let selector = watcher::Config::default().labels(desired::LABEL_SELECTOR);
     let node_selector = watcher::Config::default().fields(&format!("metadata.name={}", config.node_name));
-    let (service_store, w1) = reflect(services, selector.clone(), &changed);
-    let (slice_store, w2) = reflect(slices, selector, &changed);
-    let (node_store, w3) = reflect(nodes, node_selector, &changed);
+    let (service_store, w1) = reflect(services, selector.clone(), &changed, &health);
+    let (slice_store, w2) = reflect(slices, selector, &changed, &health);
+    let (node_store, w3) = reflect(nodes, node_selector, &changed, &health);
     Ok(async move {
         let watchers = [tokio::spawn(w1), tokio::spawn(w2), tokio::spawn(w3)];
         let _abort = AbortAll(watchers);
@@ -63,15 +71,59 @@ pub(crate) async fn start(
         loop {
             let node = node_store.state().into_iter().find(|n| n.metadata.name.as_deref() == Some(&config.node_name));
             let zone = node.as_ref().and_then(|n| n.metadata.labels.as_ref()?.get(ZONE_LABEL).cloned());
+            health.set_node_eligible(node.as_deref().is_none_or(eligible));
             let node = desired::Node { name: &config.node_name, zone: zone.as_deref(), ips: &config.node_ips };
             let mut want = desired::desired(&service_store.state(), &slice_store.state(), node);
             want.routes.retain(|listen, _| !config.reserved.contains(&listen.addr));
+            health_servers.apply(&want.health);
             applied.apply(want, &shared);
+            health.updated();
             synced.send_replace(true);
             changed.notified().await;
             // Let a burst of events (a Service and its slices) land before the next pass.
             tokio::time::sleep(config.min_sync_interval).await;
         }
+    })
+}
+
+/// Whether a node may take traffic: not being deleted, not tainted for removal (`proxy_health.go`).
+fn eligible(node: &Node) -> bool {
+    let taints = node.spec.as_ref().and_then(|s| s.taints.as_ref());
+    node.metadata.deletion_timestamp.is_none() && !taints.into_iter().flatten().any(|t| t.key == TO_BE_DELETED_TAINT)
+}
+
+/// Reports a health-check port that cannot be opened as a Warning Event on its Service, as
+/// kube-proxy does (`FailedToStartServiceHealthcheck`).
+fn bind_failure_events(client: kube::Client, node: &str) -> crate::health::BindFailure {
+    let reporter = Reporter { controller: "kube-proxy".into(), instance: Some(node.to_string()) };
+    let recorder = Recorder::new(client, reporter);
+    let node = node.to_string();
+    Arc::new(move |svc: &ServiceHealth, port: u16, error: &std::io::Error| {
+        let note = format!(
+            "node {node} failed to start healthcheck \"{}/{}\" on port {port}: {error}",
+            svc.namespace, svc.name
+        );
+        tracing::warn!("{note}");
+        let reference = ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Service".into()),
+            namespace: Some(svc.namespace.clone()),
+            name: Some(svc.name.clone()),
+            ..Default::default()
+        };
+        let event = Event {
+            type_: EventType::Warning,
+            reason: "FailedToStartServiceHealthcheck".into(),
+            note: Some(note),
+            action: "Listen".into(),
+            secondary: None,
+        };
+        let recorder = recorder.clone();
+        tokio::spawn(async move {
+            if let Err(e) = recorder.publish(&event, &reference).await {
+                tracing::debug!(error = %e, "event");
+            }
+        });
     })
 }
 
@@ -90,6 +142,7 @@ fn reflect<K>(
     api: Api<K>,
     config: watcher::Config,
     changed: &Arc<Notify>,
+    health: &Arc<ProxyHealth>,
 ) -> (Store<K>, impl Future<Output = ()> + use<K>)
 where
     K: kube::Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
@@ -97,10 +150,10 @@ where
     let (store, writer) = reflector::store();
     let stream = reflector::reflector(writer, watcher(api, config).default_backoff());
     let changed = changed.clone();
-    (store, drive(stream, changed))
+    (store, drive(stream, changed, health.clone()))
 }
 
-async fn drive<S, T>(stream: S, changed: Arc<Notify>)
+async fn drive<S, T>(stream: S, changed: Arc<Notify>, health: Arc<ProxyHealth>)
 where
     S: Stream<Item = Result<T, watcher::Error>>,
 {
@@ -109,6 +162,7 @@ where
         if let Err(e) = event {
             tracing::warn!(error = %e, "watch failed; retrying");
         }
+        health.queued();
         changed.notify_one();
     }
 }
@@ -116,7 +170,7 @@ where
 impl Applied {
     /// Makes the running listeners match `want`, touching only what differs.
     fn apply(&mut self, want: Desired, shared: &Shared) {
-        let Desired { routes, conflicts } = want;
+        let Desired { routes, conflicts, health: _ } = want;
         self.listeners.retain(|listen, _| {
             let keep = routes.contains_key(listen);
             if !keep {
@@ -207,7 +261,7 @@ mod tests {
     }
 
     fn want(routes: Vec<(Listen, RouteSpec)>) -> Desired {
-        Desired { routes: routes.into_iter().collect(), conflicts: Vec::new() }
+        Desired { routes: routes.into_iter().collect(), ..Desired::default() }
     }
 
     /// (task id, route) of each listener.
