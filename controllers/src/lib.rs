@@ -4,3 +4,14 @@
 
 pub mod builtin_services;
 pub mod lb_ipam;
+
+// Process pods (container env, logs, probes, supervisor): declared here until the node agent's
+// `node/mod.rs` takes them in.
+#[path = "node/container_env.rs"]
+pub mod container_env;
+#[path = "node/logs.rs"]
+pub mod logs;
+#[path = "node/probes.rs"]
+pub mod probes;
+#[path = "node/process.rs"]
+pub mod process;
