@@ -768,10 +768,8 @@ async fn http_get(addr: SocketAddr, path: &str) -> io::Result<(u16, Vec<(String,
     let (head, body) = raw.split_once("\r\n\r\n").ok_or_else(|| io::Error::other(format!("no head in {raw:?}")))?;
     let mut lines = head.lines();
     let status = lines.next().and_then(|l| l.split(' ').nth(1)?.parse().ok()).unwrap_or(0);
-    let headers = lines
-        .filter_map(|l| l.split_once(": "))
-        .map(|(k, v)| (k.to_ascii_lowercase(), v.to_string()))
-        .collect();
+    let headers =
+        lines.filter_map(|l| l.split_once(": ")).map(|(k, v)| (k.to_ascii_lowercase(), v.to_string())).collect();
     Ok((status, headers, body.to_string()))
 }
 
@@ -791,7 +789,9 @@ async fn health_check_node_port_reports_local_ready_endpoints() {
     fx.create_service(svc).await;
     let hc = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), hc_port);
     let message = fx.until_event("local", "FailedToStartServiceHealthcheck").await;
-    assert!(message.starts_with(&format!("node {NODE} failed to start healthcheck \"default/local\" on port {hc_port}")));
+    assert!(
+        message.starts_with(&format!("node {NODE} failed to start healthcheck \"default/local\" on port {hc_port}"))
+    );
     drop(squatter);
 
     // Two local ready IPs (one with two entries), one remote, one local terminating.
@@ -836,8 +836,7 @@ async fn proxy_serves_healthz_and_livez() {
     let addr = probe.local_addr().expect("addr");
     drop(probe);
     let _fx = Fx::start_with(16, |p| p.healthz_listen = Some(addr)).await;
-    let (status, headers, body) =
-        eventually("healthz", || async { http_get(addr, "/healthz").await.ok() }).await;
+    let (status, headers, body) = eventually("healthz", || async { http_get(addr, "/healthz").await.ok() }).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(header(&headers, "content-type"), Some("application/json"));
     let doc: Value = serde_json::from_str(&body).expect("json");
@@ -847,4 +846,33 @@ async fn proxy_serves_healthz_and_livez() {
     assert_eq!(status, 200);
     let doc: Value = serde_json::from_str(&body).expect("json");
     assert!(doc.get("nodeEligible").is_none() && doc["currentTime"].is_string(), "{body}");
+}
+
+/// Connects from `source` and reads the backend's greeting.
+async fn ask_tcp_from(source: IpAddr, addr: SocketAddr) -> io::Result<String> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::new(source, 0))?;
+    let stream = timeout(ATTEMPT, socket.connect(addr)).await.map_err(|_| io::ErrorKind::TimedOut)??;
+    greeting(&mut BufReader::new(stream)).await
+}
+
+#[tokio::test]
+async fn load_balancer_source_ranges_admit_only_listed_clients() {
+    let fx = Fx::start(17).await;
+    let _backend = tcp_backend(SocketAddr::new(fx.ip(1), 8080), "ranged").await;
+    let mut svc = service("ranged", "LoadBalancer", json!([{"name": "http", "port": 80, "targetPort": 8080}]));
+    svc["spec"]["loadBalancerSourceRanges"] = json!(["127.17.0.0/16"]);
+    fx.create_service(svc).await;
+    fx.put_slice("ranged", "ranged-1", ("http", "TCP", 8080), vec![endpoint(fx.ip(1), READY, NODE)]).await;
+    let lb: SocketAddr = "127.241.17.1:80".parse().expect("addr");
+    let svc = fx.until_ingress("ranged", &["127.241.17.1"]).await;
+    let inside: IpAddr = "127.17.0.9".parse().expect("ip");
+    let outside: IpAddr = "127.18.0.9".parse().expect("ip");
+    eventually("a listed client to get through", || async { ask_tcp_from(inside, lb).await.ok() }).await;
+    // An unlisted client is turned away at once; the ClusterIP still takes it.
+    assert!(ask_tcp_from(outside, lb).await.is_err(), "outside the ranges");
+    assert_eq!(ask_tcp_from(outside, SocketAddr::new(cluster_ip(&svc), 80)).await.expect("clusterIP"), "ranged");
+    // Widening the ranges lets it in.
+    fx.patch_service("ranged", json!({"spec": {"loadBalancerSourceRanges": ["127.16.0.0/14"]}})).await;
+    eventually("the wider range to apply", || async { ask_tcp_from(outside, lb).await.ok() }).await;
 }

@@ -3,7 +3,7 @@
 //! connection); an endpoint whose connector fails is skipped and the next one tried.
 
 use crate::affinity::Affinity;
-use crate::desired::ServicePortName;
+use crate::desired::{ServicePortName, SourceRange};
 use rand::seq::SliceRandom;
 use std::future::Future;
 use std::io;
@@ -21,9 +21,16 @@ pub struct Route {
     pub endpoints: Vec<SocketAddr>,
     /// Shared by every listener of the Service port, so ClusterIP and NodePort agree.
     pub affinity: Option<Arc<Affinity>>,
+    /// The clients admitted (`loadBalancerSourceRanges` of a load-balancer IP); empty: all.
+    pub sources: Vec<SourceRange>,
 }
 
 impl Route {
+    /// Whether `client` may use this route.
+    pub fn admits(&self, client: IpAddr) -> bool {
+        self.sources.is_empty() || self.sources.iter().any(|r| r.contains(client))
+    }
+
     /// The endpoints to try for a new connection from `client`, in order.
     pub fn order(&self, client: IpAddr) -> Vec<SocketAddr> {
         let mut order = self.endpoints.clone();
@@ -49,6 +56,8 @@ impl Route {
 pub enum BalanceError {
     #[error("{service} has no endpoints")]
     NoEndpoints { service: ServicePortName },
+    #[error("{service} does not admit {client} (loadBalancerSourceRanges)")]
+    SourceNotAdmitted { service: ServicePortName, client: IpAddr },
     #[error("{service}: all {tried} endpoints failed, the last ({endpoint}) with: {source}")]
     AllFailed { service: ServicePortName, tried: usize, endpoint: SocketAddr, source: io::Error },
 }
@@ -101,6 +110,9 @@ where
         let route = self.route.borrow().clone();
         let connect = self.connect.clone();
         Box::pin(async move {
+            if !route.admits(client.ip()) {
+                return Err(BalanceError::SourceNotAdmitted { service: route.service.clone(), client: client.ip() });
+            }
             let order = route.order(client.ip());
             let mut last = None;
             for endpoint in &order {
@@ -145,7 +157,12 @@ mod tests {
     fn route(endpoints: Vec<SocketAddr>, affinity: Option<Duration>) -> Arc<Route> {
         let service =
             ServicePortName { namespace: "ns".into(), name: "svc".into(), port: "".into(), protocol: Protocol::Tcp };
-        Arc::new(Route { service, endpoints, affinity: affinity.map(|t| Arc::new(Affinity::new(t))) })
+        Arc::new(Route {
+            service,
+            endpoints,
+            affinity: affinity.map(|t| Arc::new(Affinity::new(t))),
+            sources: Vec::new(),
+        })
     }
     /// A connector that refuses the endpoints in `dead` and answers with the endpoint otherwise.
     fn mock(

@@ -62,6 +62,50 @@ pub struct RouteSpec {
     pub endpoints: Vec<SocketAddr>,
     /// `sessionAffinity: ClientIP` and its timeout.
     pub affinity: Option<Duration>,
+    /// The clients a load-balancer IP admits (`loadBalancerSourceRanges`); empty admits all.
+    pub sources: Vec<SourceRange>,
+}
+
+/// One range of `loadBalancerSourceRanges`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SourceRange {
+    pub addr: IpAddr,
+    pub prefix: u8,
+}
+
+impl SourceRange {
+    /// `10.0.0.0/8` (surrounding spaces allowed, as upstream trims them).
+    pub fn parse(s: &str) -> Option<Self> {
+        let (a, p) = s.trim().split_once('/')?;
+        let addr: IpAddr = a.parse().ok()?;
+        let prefix: u8 = p.parse().ok()?;
+        (prefix <= if addr.is_ipv4() { 32 } else { 128 }).then_some(Self { addr, prefix })
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let (a, b, bits) = match (self.addr, ip) {
+            (IpAddr::V4(a), IpAddr::V4(b)) => (u128::from(u32::from(a)), u128::from(u32::from(b)), 32),
+            (IpAddr::V6(a), IpAddr::V6(b)) => (u128::from(a), u128::from(b), 128),
+            _ => return false,
+        };
+        let host = bits - u32::from(self.prefix);
+        host >= 128 || (a >> host) == (b >> host)
+    }
+}
+
+/// The annotation older clients set instead of `loadBalancerSourceRanges`.
+const SOURCE_RANGES_ANNOTATION: &str = "service.beta.kubernetes.io/load-balancer-source-ranges";
+
+/// `GetLoadBalancerSourceRanges`: the field, else the annotation; unparsable entries are skipped
+/// (validation refuses them in the field).
+fn source_ranges(service: &Service) -> Vec<SourceRange> {
+    let field = service.spec.as_ref().and_then(|s| s.load_balancer_source_ranges.clone()).unwrap_or_default();
+    let annotation = service.metadata.annotations.as_ref().and_then(|a| a.get(SOURCE_RANGES_ANNOTATION));
+    let text: Vec<String> = match (field.is_empty(), annotation) {
+        (true, Some(a)) => a.split(',').map(str::to_string).collect(),
+        _ => field,
+    };
+    text.iter().filter_map(|s| SourceRange::parse(s)).collect()
 }
 
 /// Two Service ports wanting the same socket; the older Service keeps it.
@@ -230,6 +274,7 @@ fn service_routes(
         seconds.map(Duration::from_secs).unwrap_or(DEFAULT_AFFINITY_TIMEOUT)
     });
 
+    let ranges = source_ranges(service);
     let by_port = endpoints::by_port(slices.iter().copied(), node.name);
     let mut out = Vec::new();
     for port in spec.ports.iter().flatten() {
@@ -253,7 +298,7 @@ fn service_routes(
         let all: &[Endpoint] = by_port.get(&key).map(Vec::as_slice).unwrap_or_default();
 
         // Per family: an IPv4 listener forwards to IPv4 endpoints.
-        let mut add = |ip: IpAddr, number: u16, class: Class| {
+        let mut add = |ip: IpAddr, number: u16, class: Class, sources: Vec<SourceRange>| {
             let family: Vec<Endpoint> = all.iter().filter(|e| e.addr.is_ipv4() == ip.is_ipv4()).cloned().collect();
             let sets = endpoints::categorize(&family, uses_cluster, uses_local, topo);
             let local = match class {
@@ -266,18 +311,27 @@ fn service_routes(
             }
             endpoints.sort();
             let listen = Listen { addr: SocketAddr::new(ip, number), protocol };
-            out.push((listen, RouteSpec { service: service_port.clone(), class, endpoints, affinity }));
+            out.push((listen, RouteSpec { service: service_port.clone(), class, endpoints, affinity, sources }));
         };
         for ip in &cluster_ips {
-            add(*ip, number, Class::Internal);
+            add(*ip, number, Class::Internal, Vec::new());
         }
+        // NodePorts are not subject to loadBalancerSourceRanges.
         if let Some(node_port) = node_port {
             for ip in &node_ips {
-                add(*ip, node_port, Class::External);
+                add(*ip, node_port, Class::External, Vec::new());
             }
         }
-        for ip in external_ips.iter().chain(&lb_ips) {
-            add(*ip, number, Class::External);
+        for ip in &external_ips {
+            add(*ip, number, Class::External, Vec::new());
+        }
+        for ip in &lb_ips {
+            // The load balancer's own address may reach it too when this node is inside a range.
+            let mut sources = ranges.clone();
+            if !sources.is_empty() && node.ips.iter().any(|n| sources.iter().any(|r| r.contains(*n))) {
+                sources.push(SourceRange { addr: *ip, prefix: if ip.is_ipv4() { 32 } else { 128 } });
+            }
+            add(*ip, number, Class::External, sources);
         }
     }
     out

@@ -197,6 +197,7 @@ impl Applied {
                     service: spec.service.clone(),
                     endpoints: spec.endpoints.clone(),
                     affinity: affinity.clone(),
+                    sources: spec.sources.clone(),
                 })
             };
             match self.listeners.get_mut(&listen) {
@@ -257,6 +258,7 @@ mod tests {
             class: Class::Internal,
             endpoints: endpoints.iter().map(|i| SocketAddr::from(([127, 0, 1, *i], 80))).collect(),
             affinity,
+            sources: Vec::new(),
         }
     }
 

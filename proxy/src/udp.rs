@@ -58,6 +58,10 @@ pub(crate) async fn serve(
                     flow.send(data);
                     continue;
                 }
+                // A source outside loadBalancerSourceRanges is dropped, as kube-proxy's firewall does.
+                if !route.borrow().admits(client.ip()) {
+                    continue;
+                }
                 let permit = match settings.flows.clone().try_acquire_owned() {
                     Ok(p) => p,
                     Err(_) => {
@@ -318,7 +322,7 @@ mod tests {
     fn route(endpoints: Vec<SocketAddr>) -> Arc<Route> {
         let service =
             ServicePortName { namespace: "ns".into(), name: "dns".into(), port: "".into(), protocol: Protocol::Udp };
-        Arc::new(Route { service, endpoints, affinity: None })
+        Arc::new(Route { service, endpoints, affinity: None, sources: Vec::new() })
     }
 
     /// A relay on a free port; its address.

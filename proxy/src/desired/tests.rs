@@ -311,3 +311,41 @@ fn endpoints_that_are_the_proxys_own_listeners_are_dropped() {
     let only_self = vec![slice("loop", "http", "TCP", 80, &[("127.96.0.5", None, true)])];
     assert!(run(vec![svc], only_self).routes.is_empty(), "nothing left: refused, no loop");
 }
+
+#[test]
+fn load_balancer_source_ranges_restrict_only_load_balancer_ips() {
+    let mut svc = service("lb", "127.96.0.5", vec![sport("http", 80, "TCP", Some(30080))]);
+    spec(&mut svc).type_ = Some("LoadBalancer".into());
+    spec(&mut svc).external_ips = Some(vec!["127.50.0.1".into()]);
+    spec(&mut svc).load_balancer_source_ranges = Some(vec![" 10.0.0.0/8".into(), "192.168.1.0/24".into()]);
+    svc.status = Some(ServiceStatus {
+        load_balancer: Some(LoadBalancerStatus {
+            ingress: Some(vec![LoadBalancerIngress { ip: Some("127.240.0.1".into()), ..Default::default() }]),
+        }),
+        ..Default::default()
+    });
+    let d = run(vec![svc.clone()], vec![slice("lb", "http", "TCP", 8080, &[("127.0.0.2", None, true)])]);
+    let sources = |addr: &str| {
+        let listen = Listen { addr: addr.parse().expect("addr"), protocol: Protocol::Tcp };
+        d.routes.get(&listen).map(|r| r.sources.clone()).expect("route")
+    };
+    let lb = sources("127.240.0.1:80");
+    assert_eq!(lb.len(), 2);
+    assert!(lb[0].contains("10.1.2.3".parse().expect("ip")) && !lb[0].contains("11.0.0.1".parse().expect("ip")));
+    assert!(lb[1].contains("192.168.1.7".parse().expect("ip")));
+    assert!(sources("127.96.0.5:80").is_empty(), "the ClusterIP admits everyone");
+    assert!(sources("127.0.0.1:30080").is_empty(), "NodePorts are not subject to the ranges");
+    assert!(sources("127.50.0.1:80").is_empty(), "externalIPs are not either");
+
+    // The annotation when the field is empty; the node inside a range lets the LB IP itself in.
+    spec(&mut svc).load_balancer_source_ranges = None;
+    svc.metadata.annotations =
+        Some(BTreeMap::from([(SOURCE_RANGES_ANNOTATION.to_string(), "127.0.0.0/8".to_string())]));
+    let d = run(vec![svc], vec![slice("lb", "http", "TCP", 8080, &[("127.0.0.2", None, true)])]);
+    let listen = Listen { addr: "127.240.0.1:80".parse().expect("addr"), protocol: Protocol::Tcp };
+    let lb = &d.routes[&listen].sources;
+    assert_eq!(lb.len(), 2, "{lb:?}");
+    assert_eq!(lb[1], SourceRange { addr: "127.240.0.1".parse().expect("ip"), prefix: 32 });
+    assert_eq!(SourceRange::parse("10.0.0.0/33"), None);
+    assert!(SourceRange { addr: "::".parse().expect("ip"), prefix: 0 }.contains("fd00::1".parse().expect("ip")));
+}
