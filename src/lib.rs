@@ -166,7 +166,7 @@ impl Cluster {
             self.kubeconfig_outcome = Some(auth::write_kubeconfig(path, &url, tls.ca_pem(), &token, "kplane")?);
             self.kubeconfig = Some(path.clone());
         }
-        let state = Arc::new(AppState { registry: self.registry.clone(), advertise });
+        let state = Arc::new(AppState { registry: self.registry.clone(), advertise, pod_logs: None });
         let router = Authenticator::new(&token).protect(http::router(state));
         let server_config = tls.server_config()?;
         let (stop, stopped) = oneshot::channel();
@@ -262,7 +262,7 @@ impl Cluster {
 
 /// A `kube::Client` whose requests go straight to the router as a tower service.
 fn in_process_client(registry: &Arc<Registry>, advertise: &str) -> kube::Client {
-    let state = Arc::new(AppState { registry: registry.clone(), advertise: advertise.to_string() });
+    let state = Arc::new(AppState { registry: registry.clone(), advertise: advertise.to_string(), pod_logs: None });
     let router = http::router(state);
     let service = tower::ServiceBuilder::new()
         .map_request(|mut req: ::http::Request<kube::client::Body>| {

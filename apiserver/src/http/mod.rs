@@ -3,6 +3,7 @@
 
 mod codec;
 mod discovery;
+pub mod logs;
 mod path;
 pub mod protobuf;
 mod resource;
@@ -21,6 +22,8 @@ pub struct AppState {
     pub registry: Arc<Registry>,
     /// `host:port` clients reach the server at (for `serverAddressByClientCIDRs`).
     pub advertise: String,
+    /// Where `pods/{name}/log` reads container logs (the node agent's log store), if anywhere.
+    pub pod_logs: Option<Arc<dyn logs::PodLogs>>,
 }
 
 /// The API router, without authentication: in-process clients call it directly; the TLS

@@ -3,6 +3,7 @@
 
 use super::AppState;
 use super::codec::{self, Query, Shape, json_response, shape_list, shape_object};
+use super::logs;
 use super::path::{self, Target};
 use crate::error::{ApiError, ApiResult, Reason};
 use crate::registry::{PatchType, Subresource, Watch, WatchEvent};
@@ -100,6 +101,7 @@ async fn serve(state: &AppState, req: Request) -> ApiResult<Response> {
                 &registry.bind(&r, ns, &name, binding, &query.write_options()?).await?,
             ))
         }
+        (Some(Subresource::Log), Method::GET) => logs::serve(state, &r, ns, &name, &query).await,
         (Some(Subresource::Scale), Method::GET) => {
             Ok(json_response(StatusCode::OK, &registry.get_scale(&r, ns, &name)?))
         }

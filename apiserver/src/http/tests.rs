@@ -15,7 +15,7 @@ use tower::ServiceExt;
 async fn app() -> Router {
     let registry = Registry::new(Store::memory(), &Default::default()).expect("default ranges");
     registry.bootstrap().await.expect("bootstrap");
-    router(Arc::new(AppState { registry, advertise: "127.0.0.1:6443".into() }))
+    router(Arc::new(AppState { registry, advertise: "127.0.0.1:6443".into(), pod_logs: None }))
 }
 
 struct Reply {

@@ -226,6 +226,7 @@ impl Registry {
                     None
                 }
                 Some(Subresource::Scale) => return Err(ApiError::internal("scale is updated through its own path")),
+                Some(Subresource::Log) => return Err(ApiError::internal("log is read-only")),
                 // The binding's own change sets spec and status together, as `BindingREST` writes storage directly.
                 Some(Subresource::Binding) => None,
                 None => {

@@ -47,6 +47,8 @@ pub enum Subresource {
     Scale,
     /// `/binding` of pods: POST a `Binding` to assign the pod to a node.
     Binding,
+    /// `/log` of pods: a container's output as text (`http::logs`).
+    Log,
 }
 
 impl Subresource {
@@ -55,6 +57,7 @@ impl Subresource {
             Subresource::Status => "status",
             Subresource::Scale => "scale",
             Subresource::Binding => "binding",
+            Subresource::Log => "log",
         }
     }
 
@@ -63,13 +66,14 @@ impl Subresource {
         match self {
             Subresource::Status | Subresource::Scale => &["get", "patch", "update"],
             Subresource::Binding => &["create"],
+            Subresource::Log => &["get"],
         }
     }
 
     /// The (group, version, kind) it answers with; `None` for the kind that serves it.
     pub fn response_kind(self) -> Option<(&'static str, &'static str, &'static str)> {
         match self {
-            Subresource::Status => None,
+            Subresource::Status | Subresource::Log => None,
             Subresource::Scale => Some(("autoscaling", "v1", "Scale")),
             Subresource::Binding => Some(("", "v1", "Binding")),
         }

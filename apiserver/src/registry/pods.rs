@@ -13,7 +13,7 @@ pub static INFO: ResourceInfo = ResourceInfo {
     short_names: &["po"],
     categories: &["all"],
     scope: Scope::Namespaced,
-    subresources: &[Subresource::Status, Subresource::Binding],
+    subresources: &[Subresource::Status, Subresource::Binding, Subresource::Log],
 };
 
 /// `DefaultTerminationGracePeriodSeconds`.
