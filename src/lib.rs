@@ -22,6 +22,7 @@ use kplane_apiserver::registry::{Registry, RegistryConfig};
 use kplane_apiserver::storage::{SledBackend, StorageError, Store};
 use kplane_controllers::builtin_services::BuiltinServices;
 use kplane_controllers::lb_ipam;
+use kplane_controllers::{garbage_collector, namespace, podgc};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -146,6 +147,12 @@ impl Cluster {
         self.tasks.push(tokio::spawn(builtin.run(self.client.clone())));
         let pools = config.lb_pools()?.iter().map(|c| lb_ipam::Pool { network: c.addr, prefix: c.prefix }).collect();
         self.tasks.push(tokio::spawn(lb_ipam::LbIpam::new(self.client.clone(), pools).run()));
+        // Garbage collection, namespace deletion (woken by the collector's deletions) and pod GC.
+        let gc = garbage_collector::GarbageCollector::new(self.client.clone(), Default::default());
+        let deletions = gc.deletions();
+        self.tasks.push(tokio::spawn(gc.run()));
+        self.tasks.push(tokio::spawn(namespace::run(self.client.clone(), Some(deletions))));
+        self.tasks.push(tokio::spawn(podgc::run(self.client.clone(), Default::default())));
         Ok(())
     }
 

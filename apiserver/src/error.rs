@@ -17,6 +17,9 @@ pub enum FieldErrorType {
     TooMany,
     Internal,
     TypeInvalid,
+    /// Not a field error: the `NamespaceTerminating` cause of a create refused in a terminating
+    /// namespace (`v1.NamespaceTerminatingCause`); its message is the detail alone.
+    NamespaceTerminating,
 }
 
 impl FieldErrorType {
@@ -33,6 +36,7 @@ impl FieldErrorType {
             Self::TooMany => "FieldValueTooMany",
             Self::Internal => "InternalError",
             Self::TypeInvalid => "FieldValueTypeInvalid",
+            Self::NamespaceTerminating => "NamespaceTerminating",
         }
     }
 
@@ -48,6 +52,7 @@ impl FieldErrorType {
             Self::TooMany => "Too many",
             Self::Internal => "Internal error",
             Self::TypeInvalid => "Invalid value",
+            Self::NamespaceTerminating => "",
         }
     }
 }
@@ -103,6 +108,9 @@ impl FieldError {
 
     /// The body without the field path, as in `causes[].message` (`ErrorBody`).
     pub fn body(&self) -> String {
+        if self.kind == FieldErrorType::NamespaceTerminating {
+            return self.detail.clone();
+        }
         let mut s = self.kind.label().to_string();
         match self.kind {
             FieldErrorType::Required

@@ -3,7 +3,12 @@
 //! against a real cluster.
 
 pub mod builtin_services;
+pub mod discovery;
+pub mod garbage_collector;
 pub mod lb_ipam;
+pub mod namespace;
+pub mod podgc;
+pub mod workqueue;
 
 // Process pods (container env, logs, probes, supervisor): declared here until the node agent's
 // `node/mod.rs` takes them in.

@@ -80,7 +80,7 @@ async fn serve(state: &AppState, req: Request) -> ApiResult<Response> {
     let respond = |status: StatusCode, obj: Value| json_response(status, &shape_object(&r, shape, include, obj));
     match (sub, method) {
         (None | Some(Subresource::Status), Method::GET) => Ok(respond(StatusCode::OK, registry.get(&r, ns, &name)?)),
-        (None | Some(Subresource::Status), Method::PUT) => {
+        (None | Some(Subresource::Status | Subresource::Finalize), Method::PUT) => {
             let obj = codec::decode_body(&headers, &body)?;
             let (obj, created) = registry.update(&r, ns, &name, obj, &query.write_options()?, sub).await?;
             Ok(respond(if created { StatusCode::CREATED } else { StatusCode::OK }, obj))

@@ -105,11 +105,18 @@ impl Registry {
         let namespaces = self.namespaces()?;
         let namespace = self.get(namespaces, None, ns)?;
         if meta::is_deleting(&namespace) {
-            return Err(ApiError::forbidden(
+            let mut e = ApiError::forbidden(
                 r.info().group_resource(),
                 name,
                 &format!("unable to create new content in namespace {ns} because it is being terminated"),
-            ));
+            );
+            e.causes.push(FieldError {
+                field: "metadata.namespace".into(),
+                kind: crate::error::FieldErrorType::NamespaceTerminating,
+                value: None,
+                detail: format!("namespace {ns} is being terminated"),
+            });
+            return Err(e);
         }
         Ok(())
     }
@@ -229,6 +236,11 @@ impl Registry {
                 Some(Subresource::Log) => return Err(ApiError::internal("log is read-only")),
                 // The binding's own change sets spec and status together, as `BindingREST` writes storage directly.
                 Some(Subresource::Binding) => None,
+                // Only `spec.finalizers` changes (`namespaceFinalizeStrategy.PrepareForUpdate`).
+                Some(Subresource::Finalize) => {
+                    new = with_finalizers_of(&old, &new);
+                    None
+                }
                 None => {
                     let txn = strategy.begin_update(&mut new, &old, opts.dry_run)?;
                     strategy.prepare_for_update(&mut new, &old);
@@ -298,9 +310,24 @@ impl Registry {
             {
                 finalizers.push(f.to_string());
             }
-            let grace = strategy.grace_period(&obj, opts.grace_period_seconds).filter(|g| *g > 0);
-            if meta::is_deleting(&obj) && grace.is_none() && finalizers == meta::finalizers(&obj) {
-                return Ok(obj); // already being deleted; nothing more to do
+            let deleting = meta::is_deleting(&obj);
+            let grace = if deleting {
+                // Already deleting: only a shorter grace period changes anything (`rest.BeforeDelete`),
+                // and 0 (a force delete) removes the object now unless finalizers hold it.
+                match meta::meta(&obj).get("deletionGracePeriodSeconds").and_then(Value::as_i64).unwrap_or(0) {
+                    0 => None,
+                    current => match opts.grace_period_seconds {
+                        Some(p) if p < current => Some(p),
+                        _ => return Ok(obj), // graceful deletion already pending
+                    },
+                }
+            } else {
+                strategy.grace_period(&obj, opts.grace_period_seconds)
+            }
+            .filter(|g| *g > 0);
+            let held = !finalizers.is_empty() || strategy.pending_finalization(&obj);
+            if deleting && grace.is_none() && held && finalizers == meta::finalizers(&obj) {
+                return Ok(obj); // already being deleted, waiting for finalizers
             }
             strategy.prepare_for_delete(&mut obj);
             let pending = !finalizers.is_empty() || grace.is_some() || strategy.pending_finalization(&obj);
@@ -429,6 +456,24 @@ fn with_status_of(old: &Value, new: &Value) -> Value {
             if !matches!(k.as_str(), "apiVersion" | "kind" | "metadata" | "status") {
                 o.insert(k.clone(), v.clone());
             }
+        }
+    }
+    out
+}
+
+/// A write through `/finalize`: the new `spec.finalizers` and metadata; the rest of the spec and
+/// the status as they were.
+fn with_finalizers_of(old: &Value, new: &Value) -> Value {
+    let mut out = old.clone();
+    if let Value::Object(o) = &mut out {
+        o.insert("metadata".into(), new.get("metadata").cloned().unwrap_or(Value::Null));
+        let finalizers = new.get("spec").and_then(|s| s.get("finalizers")).cloned();
+        let spec = o.entry("spec").or_insert_with(|| json!({}));
+        if let Value::Object(spec) = spec {
+            match finalizers {
+                Some(f) if !f.is_null() => spec.insert("finalizers".into(), f),
+                _ => spec.remove("finalizers"),
+            };
         }
     }
     out

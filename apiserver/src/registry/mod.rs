@@ -47,6 +47,8 @@ pub enum Subresource {
     Scale,
     /// `/binding` of pods: POST a `Binding` to assign the pod to a node.
     Binding,
+    /// `/finalize` of namespaces: an update that changes only `spec.finalizers`.
+    Finalize,
     /// `/log` of pods: a container's output as text (`http::logs`).
     Log,
 }
@@ -57,6 +59,7 @@ impl Subresource {
             Subresource::Status => "status",
             Subresource::Scale => "scale",
             Subresource::Binding => "binding",
+            Subresource::Finalize => "finalize",
             Subresource::Log => "log",
         }
     }
@@ -66,6 +69,7 @@ impl Subresource {
         match self {
             Subresource::Status | Subresource::Scale => &["get", "patch", "update"],
             Subresource::Binding => &["create"],
+            Subresource::Finalize => &["update"],
             Subresource::Log => &["get"],
         }
     }
@@ -73,7 +77,7 @@ impl Subresource {
     /// The (group, version, kind) it answers with; `None` for the kind that serves it.
     pub fn response_kind(self) -> Option<(&'static str, &'static str, &'static str)> {
         match self {
-            Subresource::Status | Subresource::Log => None,
+            Subresource::Status | Subresource::Finalize | Subresource::Log => None,
             Subresource::Scale => Some(("autoscaling", "v1", "Scale")),
             Subresource::Binding => Some(("", "v1", "Binding")),
         }
