@@ -86,6 +86,8 @@ pub struct Config {
     pub dns_ttl: u32,
     /// The service proxy's settings; `None` runs no proxy.
     pub proxy: Option<kplane_proxy::ProxyConfig>,
+    /// `--max-endpoints-per-slice`: endpoints per EndpointSlice (1–1000).
+    pub max_endpoints_per_slice: usize,
 }
 
 impl Config {
@@ -104,6 +106,7 @@ impl Config {
             dns_upstreams: Vec::new(),
             dns_ttl: 5,
             proxy: None,
+            max_endpoints_per_slice: kplane_controllers::endpointslice::DEFAULT_MAX_ENDPOINTS_PER_SLICE,
         }
     }
 
@@ -153,6 +156,10 @@ impl Config {
         }
         if self.dns_ttl > 3600 {
             return Err(invalid("--dns-ttl", &self.dns_ttl.to_string(), "must be 0-3600"));
+        }
+        if !(1..=1000).contains(&self.max_endpoints_per_slice) {
+            let n = self.max_endpoints_per_slice.to_string();
+            return Err(invalid("--max-endpoints-per-slice", &n, "must be 1-1000"));
         }
         Ok(())
     }

@@ -22,6 +22,7 @@ use kplane_apiserver::registry::{Registry, RegistryConfig};
 use kplane_apiserver::storage::{SledBackend, StorageError, Store};
 use kplane_controllers::builtin_services::BuiltinServices;
 use kplane_controllers::lb_ipam;
+use kplane_controllers::{endpoint_informers, endpoints, endpointslice, endpointslice_mirroring};
 use kplane_controllers::{garbage_collector, namespace, podgc};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -147,6 +148,13 @@ impl Cluster {
         self.tasks.push(tokio::spawn(builtin.run(self.client.clone())));
         let pools = config.lb_pools()?.iter().map(|c| lb_ipam::Pool { network: c.addr, prefix: c.prefix }).collect();
         self.tasks.push(tokio::spawn(lb_ipam::LbIpam::new(self.client.clone(), pools).run()));
+        // Endpoints, EndpointSlices and mirroring over one set of caches (pods, Services, Nodes, slices, Endpoints).
+        let informers = Arc::new(endpoint_informers::Informers::new(self.client.clone()));
+        let slices = endpointslice::EndpointSliceController::new(&informers, config.max_endpoints_per_slice);
+        self.tasks.push(tokio::spawn(slices.run()));
+        self.tasks.push(tokio::spawn(endpoints::EndpointsController::new(&informers).run()));
+        self.tasks.push(tokio::spawn(endpointslice_mirroring::MirroringController::new(&informers).run()));
+        self.tasks.push(tokio::spawn(informers.run()));
         // Garbage collection, namespace deletion (woken by the collector's deletions) and pod GC.
         let gc = garbage_collector::GarbageCollector::new(self.client.clone(), Default::default());
         let deletions = gc.deletions();

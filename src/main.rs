@@ -68,6 +68,9 @@ struct ServeArgs {
     /// Where the proxy serves `/healthz` and `/livez`, or `none`.
     #[arg(long, value_name = "ADDR|none", default_value = "127.0.0.1:10256")]
     proxy_healthz_listen: OptionalAddr,
+    /// The most endpoints one EndpointSlice holds (1-1000).
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    max_endpoints_per_slice: usize,
 }
 
 #[derive(clap::Args)]
@@ -142,6 +145,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             healthz_listen: args.proxy_healthz_listen.0,
             ..kplane::ProxyConfig::default()
         }),
+        max_endpoints_per_slice: args.max_endpoints_per_slice,
     };
     // The DNS sockets are bound before the cluster starts, so the proxy cannot take the kube-dns address first.
     let mut config = config;

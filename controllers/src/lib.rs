@@ -4,9 +4,14 @@
 
 pub mod builtin_services;
 pub mod discovery;
+pub mod endpoint_informers;
+pub mod endpoints;
+pub mod endpointslice;
+pub mod endpointslice_mirroring;
 pub mod garbage_collector;
 pub mod lb_ipam;
 pub mod namespace;
+pub mod pod_selection;
 pub mod podgc;
 pub mod workqueue;
 

@@ -1,0 +1,559 @@
+//! The machinery the endpoint controllers share (client-go's shared informers and
+//! `workqueue.TypedRateLimitingInterface`, as `pkg/controller/endpoint` and
+//! `pkg/controller/endpointslice` use them): one watch per kind feeding an in-memory cache that
+//! calls handlers with the old and new object, a de-duplicating work queue that never hands one
+//! key to two workers at once, retries with exponential back-off, and Warning Events.
+//!
+//! Caches are written through by the controllers after their own writes, so a reconcile right
+//! after a write sees it even before the watch delivers it; a watch event older than the cached
+//! object is then ignored.
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Endpoints, Event, Node, ObjectReference, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, PostParams};
+use kube::runtime::{WatchStreamExt, watcher};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::hash::Hash;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+use tokio::sync::Notify;
+
+/// Namespace and name.
+pub type Key = (String, String);
+
+/// The namespace/name of an object.
+pub fn key_of(meta: &ObjectMeta) -> Key {
+    (meta.namespace.clone().unwrap_or_default(), meta.name.clone().unwrap_or_default())
+}
+
+type Handler<K> = Box<dyn Fn(Option<&K>, Option<&K>) + Send + Sync>;
+
+/// Objects of one kind by namespace and name, kept by a watch.
+pub struct Cache<K> {
+    objects: RwLock<HashMap<String, HashMap<String, Arc<K>>>>,
+    /// Objects this process deleted, with their last resourceVersion, until the watch says so:
+    /// an older event still in flight must not bring them back.
+    tombstones: Mutex<HashMap<Key, ObjectMeta>>,
+    handlers: RwLock<Vec<Handler<K>>>,
+    ready: tokio::sync::watch::Sender<bool>,
+}
+
+/// Whether `new` is a later version than `old`. resourceVersions are opaque, but every API
+/// server kplane talks to (itself, etcd-backed ones) uses increasing integers.
+fn is_newer(new: &ObjectMeta, old: &ObjectMeta) -> bool {
+    let (n, o) = (new.resource_version.as_deref(), old.resource_version.as_deref());
+    match (n.and_then(|v| v.parse::<u64>().ok()), o.and_then(|v| v.parse::<u64>().ok())) {
+        (Some(n), Some(o)) => n > o,
+        _ => n != o,
+    }
+}
+
+impl<K> Cache<K>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+{
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self {
+            objects: RwLock::new(HashMap::new()),
+            tombstones: Mutex::new(HashMap::new()),
+            handlers: RwLock::new(Vec::new()),
+            ready: tokio::sync::watch::channel(false).0,
+        })
+    }
+
+    /// Calls `handler(old, new)` after every change the watch brings (not for write-throughs).
+    pub fn subscribe(&self, handler: impl Fn(Option<&K>, Option<&K>) + Send + Sync + 'static) {
+        self.handlers.write().unwrap_or_else(|e| e.into_inner()).push(Box::new(handler));
+    }
+
+    pub fn get(&self, namespace: &str, name: &str) -> Option<Arc<K>> {
+        self.read().get(namespace)?.get(name).cloned()
+    }
+
+    /// Every object of a namespace.
+    pub fn namespace(&self, namespace: &str) -> Vec<Arc<K>> {
+        self.read().get(namespace).map(|m| m.values().cloned().collect()).unwrap_or_default()
+    }
+
+    /// The objects of a namespace that `keep` accepts.
+    pub fn filter(&self, namespace: &str, keep: impl Fn(&K) -> bool) -> Vec<Arc<K>> {
+        self.read().get(namespace).map(|m| m.values().filter(|o| keep(o)).cloned().collect()).unwrap_or_default()
+    }
+
+    /// Every object.
+    pub fn all(&self) -> Vec<Arc<K>> {
+        self.read().values().flat_map(|m| m.values().cloned()).collect()
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, HashMap<String, Arc<K>>>> {
+        self.objects.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, HashMap<String, Arc<K>>>> {
+        self.objects.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records an object this process just wrote, unless the cache already has a later version.
+    pub fn write_through(&self, obj: K) {
+        let (ns, name) = key_of(obj.meta());
+        self.tombstones().remove(&(ns.clone(), name.clone()));
+        let mut objects = self.write();
+        let slot = objects.entry(ns).or_default();
+        if slot.get(&name).is_none_or(|old| is_newer(obj.meta(), old.meta())) {
+            slot.insert(name, Arc::new(obj));
+        }
+    }
+
+    /// Drops an object this process just deleted.
+    pub fn forget(&self, namespace: &str, name: &str) {
+        let gone = self.write().get_mut(namespace).and_then(|m| m.remove(name));
+        if let Some(gone) = gone {
+            self.tombstones().insert((namespace.to_string(), name.to_string()), gone.meta().clone());
+        }
+    }
+
+    fn tombstones(&self) -> std::sync::MutexGuard<'_, HashMap<Key, ObjectMeta>> {
+        self.tombstones.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Resolves once the first complete list is in.
+    pub async fn wait_ready(&self) {
+        let mut rx = self.ready.subscribe();
+        let _ = rx.wait_for(|r| *r).await;
+    }
+
+    fn notify(&self, old: Option<&K>, new: Option<&K>) {
+        for h in self.handlers.read().unwrap_or_else(|e| e.into_inner()).iter() {
+            h(old, new);
+        }
+    }
+
+    /// Applies one object from the watch; calls the handlers when it is news.
+    fn apply(&self, obj: K) {
+        let (ns, name) = key_of(obj.meta());
+        {
+            let mut tombstones = self.tombstones();
+            if let Some(dead) = tombstones.get(&(ns.clone(), name.clone())) {
+                if !is_newer(obj.meta(), dead) {
+                    return;
+                }
+                tombstones.remove(&(ns.clone(), name.clone()));
+            }
+        }
+        let obj = Arc::new(obj);
+        let old = {
+            let mut objects = self.write();
+            let slot = objects.entry(ns).or_default();
+            match slot.get(&name) {
+                Some(old) if !is_newer(obj.meta(), old.meta()) => return,
+                _ => slot.insert(name, obj.clone()),
+            }
+        };
+        self.notify(old.as_deref(), Some(&obj));
+    }
+
+    fn delete(&self, obj: &K) {
+        let (ns, name) = key_of(obj.meta());
+        self.tombstones().remove(&(ns.clone(), name.clone()));
+        let old = self.write().get_mut(&ns).and_then(|m| m.remove(&name));
+        // Unknown: already forgotten after this process deleted it.
+        if let Some(old) = old {
+            self.notify(Some(&old), None);
+        }
+    }
+
+    /// After a (re)list: the listed objects replace the cache; gone ones are deleted.
+    fn replace(&self, listed: Vec<K>) {
+        let mut seen: HashSet<Key> = HashSet::with_capacity(listed.len());
+        for obj in listed {
+            seen.insert(key_of(obj.meta()));
+            self.apply(obj);
+        }
+        let gone: Vec<Arc<K>> = self
+            .read()
+            .iter()
+            .flat_map(|(ns, m)| m.iter().filter(|(n, _)| !seen.contains(&(ns.clone(), (*n).clone()))))
+            .map(|(_, o)| o.clone())
+            .collect();
+        for obj in gone {
+            self.delete(&obj);
+        }
+        // The list is at least as new as any delete it no longer shows.
+        self.tombstones().clear();
+    }
+
+    /// Keeps the cache current from a watch until the client goes away.
+    pub async fn run(self: Arc<Self>, api: Api<K>, config: watcher::Config) {
+        let mut stream = watcher::watcher(api, config).default_backoff().boxed();
+        let mut listing: Vec<K> = Vec::new();
+        while let Some(event) = stream.next().await {
+            match event {
+                Ok(watcher::Event::Init) => listing.clear(),
+                Ok(watcher::Event::InitApply(obj)) => listing.push(obj),
+                Ok(watcher::Event::InitDone) => {
+                    self.replace(std::mem::take(&mut listing));
+                    self.ready.send_replace(true);
+                }
+                Ok(watcher::Event::Apply(obj)) => self.apply(obj),
+                Ok(watcher::Event::Delete(obj)) => self.delete(&obj),
+                Err(e) => tracing::warn!(error = %e, kind = %K::kind(&()), "watch failed; retrying"),
+            }
+        }
+    }
+}
+
+/// The caches the endpoint controllers read, one watch per kind.
+pub struct Informers {
+    client: kube::Client,
+    pub pods: Arc<Cache<Pod>>,
+    pub services: Arc<Cache<Service>>,
+    pub nodes: Arc<Cache<Node>>,
+    pub slices: Arc<Cache<EndpointSlice>>,
+    pub endpoints: Arc<Cache<Endpoints>>,
+}
+
+impl Informers {
+    pub fn new(client: kube::Client) -> Self {
+        Self {
+            client,
+            pods: Cache::new(),
+            services: Cache::new(),
+            nodes: Cache::new(),
+            slices: Cache::new(),
+            endpoints: Cache::new(),
+        }
+    }
+
+    pub fn client(&self) -> kube::Client {
+        self.client.clone()
+    }
+
+    /// Queues on `queue` every Service a pod event concerns (see `pod_selection::services_to_update`).
+    pub fn on_pod_services(&self, queue: Arc<WorkQueue<Key>>) {
+        let services = self.services.clone();
+        self.pods.subscribe(move |old, new| {
+            let Some(ns) = new.or(old).and_then(|p| p.metadata.namespace.clone()) else { return };
+            let candidates = services.namespace(&ns);
+            for name in crate::pod_selection::services_to_update(candidates.iter().map(|s| &**s), old, new) {
+                queue.add((ns.clone(), name));
+            }
+        });
+    }
+
+    /// Resolves when every cache has its first list.
+    pub async fn wait_ready(&self) {
+        self.pods.wait_ready().await;
+        self.services.wait_ready().await;
+        self.nodes.wait_ready().await;
+        self.slices.wait_ready().await;
+        self.endpoints.wait_ready().await;
+    }
+
+    /// Runs the watches until the client's server goes away (or the task is aborted).
+    pub async fn run(self: Arc<Self>) {
+        let c = &self.client;
+        let all = watcher::Config::default;
+        let mut tasks = tokio::task::JoinSet::new();
+        tasks.spawn(self.pods.clone().run(Api::all(c.clone()), all()));
+        tasks.spawn(self.services.clone().run(Api::all(c.clone()), all()));
+        tasks.spawn(self.nodes.clone().run(Api::all(c.clone()), all()));
+        tasks.spawn(self.slices.clone().run(Api::all(c.clone()), all()));
+        tasks.spawn(self.endpoints.clone().run(Api::all(c.clone()), all()));
+        while tasks.join_next().await.is_some() {}
+    }
+}
+
+#[derive(Debug)]
+struct QueueState<T> {
+    queue: VecDeque<T>,
+    /// Queued, or to be queued again when its processing ends.
+    dirty: HashSet<T>,
+    processing: HashSet<T>,
+    failures: HashMap<T, u32>,
+}
+
+/// A work queue as client-go's: a key queued many times is processed once, and never by two
+/// workers at once (a key added while processing is queued again when it is done).
+#[derive(Debug)]
+pub struct WorkQueue<T> {
+    state: Mutex<QueueState<T>>,
+    notify: Notify,
+}
+
+impl<T: Hash + Eq + Clone + Send + Sync + 'static> WorkQueue<T> {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self {
+            state: Mutex::new(QueueState {
+                queue: VecDeque::new(),
+                dirty: HashSet::new(),
+                processing: HashSet::new(),
+                failures: HashMap::new(),
+            }),
+            notify: Notify::new(),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, QueueState<T>> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn add(&self, key: T) {
+        let mut s = self.lock();
+        if !s.dirty.insert(key.clone()) {
+            return;
+        }
+        if !s.processing.contains(&key) {
+            s.queue.push_back(key);
+            drop(s);
+            self.notify.notify_one();
+        }
+    }
+
+    /// The next key to process; call [`WorkQueue::done`] after.
+    pub async fn next(&self) -> T {
+        loop {
+            let notified = self.notify.notified();
+            {
+                let mut s = self.lock();
+                if let Some(key) = s.queue.pop_front() {
+                    s.dirty.remove(&key);
+                    s.processing.insert(key.clone());
+                    if !s.queue.is_empty() {
+                        self.notify.notify_one();
+                    }
+                    return key;
+                }
+            }
+            notified.await;
+        }
+    }
+
+    pub fn done(&self, key: &T) {
+        let mut s = self.lock();
+        s.processing.remove(key);
+        if s.dirty.contains(key) {
+            s.queue.push_back(key.clone());
+            drop(s);
+            self.notify.notify_one();
+        }
+    }
+
+    /// Queues `key` again after `base · 2^failures` (capped at `max`); returns the failure count.
+    pub fn retry(self: &Arc<Self>, key: T, base: Duration, max: Duration) -> u32 {
+        let n = {
+            let mut s = self.lock();
+            let n = s.failures.entry(key.clone()).or_insert(0);
+            *n += 1;
+            *n
+        };
+        let delay = base.saturating_mul(1u32 << (n - 1).min(20)).min(max);
+        let queue = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            queue.add(key);
+        });
+        n
+    }
+
+    /// Clears the failure count of a key that synced.
+    pub fn forget(&self, key: &T) {
+        self.lock().failures.remove(key);
+    }
+}
+
+/// How a controller retries a failed sync.
+#[derive(Debug, Clone, Copy)]
+pub struct Retry {
+    /// First delay after a failure other than a conflict.
+    pub base: Duration,
+    pub max: Duration,
+    /// Syncs of one key tried before it is dropped (until its next change).
+    pub max_retries: u32,
+}
+
+/// 409 Conflict: our cache was behind; the watch brings the news, so retry soon.
+pub fn is_conflict(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == 409)
+}
+
+/// Runs `workers` workers over `queue` until aborted: each sync that fails is retried with
+/// back-off (conflicts after 5 ms, doubling) and dropped after `retry.max_retries`.
+pub async fn run_workers<F, Fut, E>(
+    queue: Arc<WorkQueue<Key>>,
+    workers: usize,
+    retry: Retry,
+    name: &'static str,
+    sync: F,
+) where
+    F: Fn(Key) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), E>> + Send + 'static,
+    E: std::fmt::Display + SyncError + Send + 'static,
+{
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..workers {
+        let (queue, sync) = (queue.clone(), sync.clone());
+        tasks.spawn(async move {
+            loop {
+                let key = queue.next().await;
+                match sync(key.clone()).await {
+                    Ok(()) => queue.forget(&key),
+                    Err(e) => {
+                        let base = if e.is_conflict() { Duration::from_millis(5) } else { retry.base };
+                        let n = queue.retry(key.clone(), base, retry.max);
+                        if n > retry.max_retries {
+                            queue.forget(&key);
+                            tracing::warn!(controller = name, service = %format!("{}/{}", key.0, key.1), error = %e, "dropping out of the queue");
+                        } else {
+                            tracing::debug!(controller = name, service = %format!("{}/{}", key.0, key.1), error = %e, "sync failed; retrying");
+                        }
+                    }
+                }
+                queue.done(&key);
+            }
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+}
+
+/// What the worker loop needs to know of a sync error.
+pub trait SyncError {
+    fn is_conflict(&self) -> bool;
+}
+
+/// Why a sync failed (and will be retried).
+#[derive(Debug, thiserror::Error)]
+pub enum SyncFailure {
+    #[error("{0}")]
+    Api(#[from] kube::Error),
+    /// Part of the sync was done; what was skipped is retried (e.g. a pod's Node not yet known).
+    #[error("{0}")]
+    Incomplete(String),
+}
+
+impl SyncError for SyncFailure {
+    fn is_conflict(&self) -> bool {
+        matches!(self, SyncFailure::Api(e) if is_conflict(e))
+    }
+}
+
+/// A create refused because the namespace is being deleted: retrying cannot help.
+pub fn is_namespace_terminating(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.details.as_ref().is_some_and(|d| d.causes.iter().any(|c| c.reason == "NamespaceTerminating")))
+}
+
+/// 404 Not Found.
+pub fn is_not_found(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == 404)
+}
+
+/// Writes core/v1 Warning Events (as client-go's recorder, without its aggregation: a repeat of
+/// the same reason and message on the same object within a minute is dropped).
+pub struct Recorder {
+    client: kube::Client,
+    component: &'static str,
+    recent: Mutex<HashMap<(String, String, String), Instant>>,
+}
+
+impl Recorder {
+    pub fn new(client: kube::Client, component: &'static str) -> Self {
+        Self { client, component, recent: Mutex::new(HashMap::new()) }
+    }
+
+    /// Best effort: a failure to record is logged, never returned.
+    pub async fn warn(&self, object: ObjectReference, reason: &str, message: String) {
+        let uid = object.uid.clone().unwrap_or_else(|| object.name.clone().unwrap_or_default());
+        {
+            let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+            let now = Instant::now();
+            recent.retain(|_, t| now.duration_since(*t) < Duration::from_secs(60));
+            if recent.insert((uid, reason.to_string(), message.clone()), now).is_some() {
+                return;
+            }
+        }
+        let namespace = object.namespace.clone().unwrap_or_else(|| "default".into());
+        let now = Timestamp::now();
+        let event = Event {
+            metadata: ObjectMeta {
+                name: Some(format!("{}.{:x}", object.name.as_deref().unwrap_or("object"), now.as_nanosecond() as u64)),
+                namespace: Some(namespace.clone()),
+                ..Default::default()
+            },
+            involved_object: object,
+            reason: Some(reason.to_string()),
+            message: Some(message),
+            type_: Some("Warning".into()),
+            count: Some(1),
+            first_timestamp: Some(Time(now)),
+            last_timestamp: Some(Time(now)),
+            source: Some(k8s_openapi::api::core::v1::EventSource {
+                component: Some(self.component.into()),
+                host: None,
+            }),
+            reporting_component: Some(self.component.into()),
+            ..Default::default()
+        };
+        let api: Api<Event> = Api::namespaced(self.client.clone(), &namespace);
+        if let Err(e) = api.create(&PostParams::default(), &event).await {
+            tracing::debug!(error = %e, reason, "could not record event");
+        }
+    }
+}
+
+/// A reference to an object for an Event's `involvedObject`.
+pub fn object_ref(kind: &str, api_version: &str, meta: &ObjectMeta) -> ObjectReference {
+    ObjectReference {
+        kind: Some(kind.into()),
+        api_version: Some(api_version.into()),
+        namespace: meta.namespace.clone(),
+        name: meta.name.clone(),
+        uid: meta.uid.clone(),
+        resource_version: meta.resource_version.clone(),
+        field_path: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn queue_dedups_and_never_hands_out_a_key_twice() {
+        let q: Arc<WorkQueue<Key>> = WorkQueue::new();
+        let k = ("ns".to_string(), "a".to_string());
+        q.add(k.clone());
+        q.add(k.clone());
+        q.add(("ns".into(), "b".into()));
+        let first = q.next().await;
+        assert_eq!(first, k);
+        // Added while processing: not handed out until done.
+        q.add(k.clone());
+        assert_eq!(q.next().await, ("ns".to_string(), "b".to_string()));
+        assert!(tokio::time::timeout(Duration::from_millis(20), q.next()).await.is_err());
+        q.done(&first);
+        assert_eq!(q.next().await, k);
+    }
+
+    #[tokio::test]
+    async fn retry_backs_off_and_counts() {
+        let q: Arc<WorkQueue<Key>> = WorkQueue::new();
+        let k = ("ns".to_string(), "a".to_string());
+        assert_eq!(q.retry(k.clone(), Duration::from_millis(1), Duration::from_secs(1)), 1);
+        assert_eq!(q.next().await, k);
+        q.done(&k);
+        assert_eq!(q.retry(k.clone(), Duration::from_millis(1), Duration::from_secs(1)), 2);
+        q.forget(&k);
+        assert_eq!(q.retry(k.clone(), Duration::from_millis(1), Duration::from_secs(1)), 1);
+    }
+
+    #[test]
+    fn newer_compares_revisions_as_numbers() {
+        let m = |rv: &str| ObjectMeta { resource_version: Some(rv.into()), ..Default::default() };
+        assert!(is_newer(&m("10"), &m("9")));
+        assert!(!is_newer(&m("9"), &m("10")));
+        assert!(!is_newer(&m("9"), &m("9")));
+        assert!(is_newer(&m("b"), &m("a")));
+    }
+}
