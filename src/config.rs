@@ -88,6 +88,23 @@ pub struct Config {
     pub proxy: Option<kplane_proxy::ProxyConfig>,
     /// `--max-endpoints-per-slice`: endpoints per EndpointSlice (1–1000).
     pub max_endpoints_per_slice: usize,
+    /// The node agent (one Node, pods with IPs from `pod_cidr`); `None` runs none.
+    pub node: Option<NodeConfig>,
+}
+
+/// The node agent's Node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeConfig {
+    /// `--node-name`; by default the host's name, lower case, as the kubelet takes it.
+    pub name: String,
+    /// `--node-ip`: the Node's `InternalIP` and every pod's `hostIP`.
+    pub ip: IpAddr,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        Self { name: kplane_controllers::node::host::hostname(), ip: IpAddr::V4(Ipv4Addr::LOCALHOST) }
+    }
 }
 
 impl Config {
@@ -107,6 +124,7 @@ impl Config {
             dns_ttl: 5,
             proxy: None,
             max_endpoints_per_slice: kplane_controllers::endpointslice::DEFAULT_MAX_ENDPOINTS_PER_SLICE,
+            node: Some(NodeConfig::default()),
         }
     }
 
@@ -156,6 +174,19 @@ impl Config {
         }
         if self.dns_ttl > 3600 {
             return Err(invalid("--dns-ttl", &self.dns_ttl.to_string(), "must be 0-3600"));
+        }
+        if let Some(node) = &self.node {
+            let n = &node.name;
+            let label_ok = |l: &str| {
+                !l.is_empty()
+                    && l.len() <= 63
+                    && l.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                    && !l.starts_with('-')
+                    && !l.ends_with('-')
+            };
+            if n.len() > 253 || !n.split('.').all(label_ok) {
+                return Err(invalid("--node-name", n, "must be a lowercase DNS subdomain (RFC 1123)"));
+            }
         }
         if !(1..=1000).contains(&self.max_endpoints_per_slice) {
             let n = self.max_endpoints_per_slice.to_string();

@@ -12,7 +12,7 @@
 
 mod config;
 
-pub use config::{Config, ConfigError, NodePortRange};
+pub use config::{Config, ConfigError, NodeConfig, NodePortRange};
 pub use kplane_dns::DnsConfig;
 pub use kplane_proxy::{ProxyConfig, ProxyHandle};
 
@@ -56,6 +56,8 @@ pub enum ClusterError {
     Dns(#[from] kplane_dns::DnsError),
     #[error("service proxy: {0}")]
     Proxy(#[from] kplane_proxy::ProxyError),
+    #[error("node agent: {0}")]
+    Node(#[from] kplane_controllers::node::NodeError),
 }
 
 /// A running cluster: the API server (in-process, and over HTTPS when asked to listen).
@@ -73,6 +75,8 @@ pub struct Cluster {
     dns: Option<kplane_dns::DnsServer>,
     /// The service proxy, when one runs.
     proxy: Option<ProxyHandle>,
+    /// The node agent, when it runs.
+    node: Option<kplane_controllers::node::NodeAgent>,
 }
 
 impl Drop for Cluster {
@@ -118,6 +122,7 @@ impl Cluster {
             tasks: Vec::new(),
             dns: None,
             proxy: None,
+            node: None,
         };
         let apiserver = match config.listen {
             Some(addr) => cluster.listen(&config, addr).await?,
@@ -161,6 +166,16 @@ impl Cluster {
         self.tasks.push(tokio::spawn(gc.run()));
         self.tasks.push(tokio::spawn(namespace::run(self.client.clone(), Some(deletions))));
         self.tasks.push(tokio::spawn(podgc::run(self.client.clone(), Default::default())));
+        // The node agent: its Node is registered and Ready before this returns.
+        if let Some(node) = &config.node {
+            let agent = kplane_controllers::node::NodeAgentConfig {
+                node_name: node.name.clone(),
+                node_ip: node.ip,
+                pod_cidr: config.pod_cidr.clone(),
+                data_dir: config.data_dir.clone(),
+            };
+            self.node = Some(kplane_controllers::node::NodeAgent::start(self.client.clone(), agent).await?);
+        }
         Ok(())
     }
 
@@ -254,6 +269,7 @@ impl Cluster {
             let _ = t.await;
         }
         self.proxy.take();
+        self.node.take();
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }

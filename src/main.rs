@@ -1,4 +1,4 @@
-//! The `kplane` command line: `serve`, `resolv-conf`, `version`.
+//! The `kplane` command line: `serve`, `resolv-conf`, `env`, `version`.
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -14,11 +14,15 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+// Parsed once: the size of `serve`'s arguments costs nothing.
+#[allow(clippy::large_enum_variant)]
 enum Command {
     /// Run the control plane until SIGINT or SIGTERM.
     Serve(ServeArgs),
     /// Print the resolv.conf of a pod in a namespace (dnsPolicy ClusterFirst).
     ResolvConf(ResolvConfArgs),
+    /// Print, shell-sourceable, the Service environment variables a pod in a namespace gets.
+    Env(EnvArgs),
     /// Print the Kubernetes version kplane serves.
     Version,
 }
@@ -71,6 +75,31 @@ struct ServeArgs {
     /// The most endpoints one EndpointSlice holds (1-1000).
     #[arg(long, value_name = "N", default_value_t = 100)]
     max_endpoints_per_slice: usize,
+    /// The name of the node the built-in node agent registers (default: the host's name).
+    #[arg(long, value_name = "NAME")]
+    node_name: Option<String>,
+    /// The node's IP: its InternalIP and every pod's hostIP.
+    #[arg(long, value_name = "IP", default_value = "127.0.0.1")]
+    node_ip: IpAddr,
+    /// Run no node agent: no Node, pods stay unscheduled and Pending.
+    #[arg(long)]
+    no_node_agent: bool,
+}
+
+#[derive(clap::Args)]
+struct EnvArgs {
+    /// The pod's namespace.
+    #[arg(short = 'n', long, value_name = "NAMESPACE", default_value = "default")]
+    namespace: String,
+    /// The kubeconfig to use (default: $KUBECONFIG, else ~/.kube/config, else the one `kplane serve` writes).
+    #[arg(long, value_name = "FILE")]
+    kubeconfig: Option<PathBuf>,
+    /// The kubeconfig context to use (default: its current context).
+    #[arg(long, value_name = "NAME")]
+    context: Option<String>,
+    /// The pod's `enableServiceLinks`: false leaves out every Service but `default/kubernetes`.
+    #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
+    enable_service_links: bool,
 }
 
 #[derive(clap::Args)]
@@ -146,6 +175,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             ..kplane::ProxyConfig::default()
         }),
         max_endpoints_per_slice: args.max_endpoints_per_slice,
+        node: (!args.no_node_agent).then(|| {
+            let default = kplane::NodeConfig::default();
+            kplane::NodeConfig { name: args.node_name.unwrap_or(default.name), ip: args.node_ip }
+        }),
     };
     // The DNS sockets are bound before the cluster starts, so the proxy cannot take the kube-dns address first.
     let mut config = config;
@@ -213,6 +246,43 @@ fn resolv_conf(args: ResolvConfArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `kplane env`: the cluster found as kubectl finds it, its Services as a pod in the namespace sees them.
+async fn env(args: EnvArgs) -> anyhow::Result<()> {
+    use kube::config::{KubeConfigOptions, Kubeconfig};
+    let kubeconfig = match &args.kubeconfig {
+        Some(path) => Kubeconfig::read_from(path).with_context(|| format!("reading {}", path.display()))?,
+        None => match Kubeconfig::read() {
+            Ok(k) => k,
+            // Neither $KUBECONFIG nor ~/.kube/config: the file `kplane serve` writes by default.
+            Err(e) => match kplane_apiserver::auth::default_kubeconfig_path().filter(|p| p.exists()) {
+                Some(path) => Kubeconfig::read_from(&path).with_context(|| format!("reading {}", path.display()))?,
+                None => return Err(anyhow::Error::new(e).context("no kubeconfig found; pass --kubeconfig")),
+            },
+        },
+    };
+    let options = KubeConfigOptions { context: args.context.clone(), ..Default::default() };
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &options).await.context("loading the kubeconfig")?;
+    let client = kube::Client::try_from(config).context("building a client")?;
+    let mut services = Vec::new();
+    let mut namespaces = vec!["default"];
+    if args.namespace != "default" {
+        namespaces.push(&args.namespace);
+    }
+    for ns in namespaces {
+        let api: kube::Api<k8s_openapi::api::core::v1::Service> = kube::Api::namespaced(client.clone(), ns);
+        let list = api.list(&Default::default()).await.with_context(|| format!("listing Services in {ns}"))?;
+        services.extend(list.items);
+    }
+    let vars =
+        kplane_controllers::service_env::service_env(&services, &args.namespace, args.enable_service_links);
+    let mut out = String::new();
+    for (name, value) in vars {
+        out.push_str(&format!("export {name}='{}'\n", value.replace('\'', "'\\''")));
+    }
+    print!("{out}");
+    Ok(())
+}
+
 async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = match signal(SignalKind::terminate()) {
@@ -237,6 +307,7 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Serve(args) => serve(args).await,
         Command::ResolvConf(args) => resolv_conf(args),
+        Command::Env(args) => env(args).await,
         Command::Version => {
             println!("kplane {} (Kubernetes {})", env!("CARGO_PKG_VERSION"), kplane_apiserver::http::KUBE_VERSION);
             Ok(())

@@ -11,8 +11,10 @@ pub mod endpointslice_mirroring;
 pub mod garbage_collector;
 pub mod lb_ipam;
 pub mod namespace;
+pub mod node;
 pub mod pod_selection;
 pub mod podgc;
+pub mod service_env;
 pub mod workqueue;
 
 // Process pods (container env, logs, probes, supervisor): declared here until the node agent's

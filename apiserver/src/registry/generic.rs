@@ -259,8 +259,12 @@ impl Registry {
             invalid_if_any(r, &new, errs)?;
             strategy.canonicalize(&mut new);
 
-            let finished =
-                meta::is_deleting(&new) && meta::finalizers(&new).is_empty() && !strategy.pending_finalization(&new);
+            // A graceful deletion still running (a pod's grace period) is not completed by an update.
+            let grace_left = meta::meta(&old).get("deletionGracePeriodSeconds").and_then(Value::as_i64).unwrap_or(0) > 0;
+            let finished = meta::is_deleting(&new)
+                && !grace_left
+                && meta::finalizers(&new).is_empty()
+                && !strategy.pending_finalization(&new);
             let op = if finished {
                 // The last finalizer is gone: the update completes the deletion (`ShouldDeleteDuringUpdate`).
                 Op::Delete { key: key.clone(), pre: Precondition::ModRevision(current.mod_revision) }
