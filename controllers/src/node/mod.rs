@@ -34,8 +34,6 @@
 //! through `/status` stays until the agent's own view of it changes.
 
 pub mod events;
-#[path = "process_runtime.rs"]
-pub mod process_runtime_check;
 pub mod host;
 pub mod pod_ips;
 mod pods;
