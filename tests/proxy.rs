@@ -551,9 +551,42 @@ async fn a_port_taken_by_another_program_does_not_break_other_services() {
         })
         .await;
     }
+    // Each is an Event on its Service, as well as a log line.
+    let message = fx.until_event("blocked", "FailedToListen").await;
+    assert!(
+        message.starts_with("cannot listen on 127.97.9.50:80/TCP for default/blocked:http/TCP: ")
+            && message.ends_with("; retrying"),
+        "{message}"
+    );
+    let message = fx.until_event("foreign", "FailedToListen").await;
+    assert!(message.starts_with("cannot listen on 192.0.2.10:80/TCP for default/foreign:http/TCP"), "{message}");
 
     drop(squatter);
     until_tcp_answers(SocketAddr::new(taken_ip, 80), &["a"]).await;
+}
+
+/// Two Services asking for one address and port: the older keeps it, the newer gets an Event.
+#[tokio::test]
+async fn services_wanting_one_address_get_an_event() {
+    let fx = Fx::start(18).await;
+    let _a = tcp_backend(SocketAddr::new(fx.ip(1), 8080), "older").await;
+    let _b = tcp_backend(SocketAddr::new(fx.ip(2), 8080), "newer").await;
+    // Another load balancer (a class kplane leaves alone) gives both the same ingress IP. Created
+    // in the same second, the name breaks the tie.
+    for (name, ip) in [("a-older", fx.ip(1)), ("b-newer", fx.ip(2))] {
+        let mut svc = service(name, "LoadBalancer", json!([{"name": "http", "port": 80, "targetPort": 8080}]));
+        svc["spec"]["loadBalancerClass"] = json!("example.com/manual");
+        fx.create_service(svc).await;
+        let status = json!({"status": {"loadBalancer": {"ingress": [{"ip": "127.241.18.200"}]}}});
+        fx.services().patch_status(name, &PatchParams::default(), &Patch::Merge(&status)).await.expect("status");
+        fx.put_slice(name, &format!("{name}-1"), ("http", "TCP", 8080), vec![endpoint(ip, READY, NODE)]).await;
+    }
+    let message = fx.until_event("b-newer", "AddressConflict").await;
+    assert_eq!(
+        message,
+        "127.241.18.200:80/TCP is already used by default/a-older:http/TCP; the older Service keeps it"
+    );
+    until_tcp_answers("127.241.18.200:80".parse().expect("addr"), &["older"]).await;
 }
 
 /// §7 items 22–23: a Service's ports served by different slices, on one IP or on two.

@@ -26,6 +26,7 @@ pub mod balance;
 pub mod connect;
 pub mod desired;
 pub mod endpoints;
+mod events;
 mod health;
 mod listener;
 mod sync;
@@ -171,6 +172,7 @@ pub async fn run(client: kube::Client, config: ProxyConfig) -> Result<ProxyHandl
         },
         shutdown: shutdown_rx,
         status: status.clone(),
+        events: Some(events::Events::new(client.clone(), &config.node_name)),
     };
     let (synced_tx, synced_rx) = watch::channel(false);
     let health = Arc::new(health::ProxyHealth::default());

@@ -4,8 +4,9 @@
 
 use crate::balance::Route;
 use crate::connect::TcpConnect;
-use crate::desired::Listen;
+use crate::desired::{Listen, ServicePortName};
 use crate::endpoints::Protocol;
+use crate::events::Events;
 use crate::udp::{self, UdpSettings};
 use crate::{ListenerState, ListenerStatus};
 use std::collections::BTreeMap;
@@ -34,6 +35,8 @@ pub(crate) struct Shared {
     /// Changes (to closed) when the proxy stops; open connections end then.
     pub shutdown: watch::Receiver<()>,
     pub status: Arc<Mutex<BTreeMap<Listen, ListenerStatus>>>,
+    /// Where a lasting failure to listen is reported (an Event on the Service).
+    pub events: Option<Events>,
 }
 
 /// A running listener; dropping it closes the socket (open TCP connections carry on).
@@ -62,7 +65,7 @@ impl Listener {
         let entry = ListenerStatus { listen, service: service.clone(), state: ListenerState::Binding { error: None } };
         shared.status.lock().unwrap_or_else(|e| e.into_inner()).insert(listen, entry);
         let span = tracing::info_span!("listener", %listen, %service);
-        let task = tokio::spawn(run(listen, route, shared.clone()).instrument(span));
+        let task = tokio::spawn(run(listen, service.clone(), route, shared.clone()).instrument(span));
         Self { listen, task, status: shared.status.clone() }
     }
 }
@@ -79,7 +82,7 @@ enum Bound {
     Udp(UdpSocket),
 }
 
-async fn run(listen: Listen, route: watch::Receiver<Arc<Route>>, shared: Shared) {
+async fn run(listen: Listen, service: ServicePortName, route: watch::Receiver<Arc<Route>>, shared: Shared) {
     let mut delay = FIRST_RETRY;
     let mut failures = 0u32;
     let mut warned = false;
@@ -92,7 +95,11 @@ async fn run(listen: Listen, route: watch::Receiver<Arc<Route>>, shared: Shared)
                 // A listener just closed for the same address may still be going away: only a
                 // lasting conflict is worth a warning.
                 if !warned && (!in_use || failures >= WARN_IN_USE_AFTER) {
-                    tracing::warn!(error = %e, "cannot listen; will retry");
+                    let note = format!("cannot listen on {listen} for {service}: {e}; retrying");
+                    match &shared.events {
+                        Some(events) => events.warn(&service.namespace, &service.name, "FailedToListen", note),
+                        None => tracing::warn!("{note}"),
+                    }
                     warned = true;
                 } else {
                     tracing::debug!(error = %e, failures, "cannot listen yet");

@@ -6,14 +6,14 @@ use crate::affinity::Affinity;
 use crate::balance::Route;
 use crate::desired::{self, Conflict, Desired, Listen, RouteSpec, ServicePortName};
 use crate::endpoints::ZONE_LABEL;
+use crate::events::Events;
 use crate::health::{ProxyHealth, ServiceHealth, ServiceHealthServers, TO_BE_DELETED_TAINT};
 use crate::listener::{Listener, Shared};
 use crate::{ProxyConfig, ProxyError};
 use futures::{Stream, StreamExt};
-use k8s_openapi::api::core::v1::{Node, ObjectReference, Service};
+use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Api;
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use std::collections::{BTreeMap, HashMap};
@@ -51,11 +51,8 @@ pub(crate) async fn start(
     services.list_metadata(&kube::api::ListParams::default().limit(1)).await?;
 
     let changed = Arc::new(Notify::new());
-    let mut health_servers = ServiceHealthServers::new(
-        config.node_ips.clone(),
-        health.clone(),
-        bind_failure_events(client, &config.node_name),
-    );
+    let mut health_servers =
+        ServiceHealthServers::new(config.node_ips.clone(), health.clone(), health_bind_failures(shared.events.clone()));
     let selector = watcher::Config::default().labels(desired::LABEL_SELECTOR);
     let node_selector = watcher::Config::default().fields(&format!("metadata.name={}", config.node_name));
     let (service_store, w1) = reflect(services, selector.clone(), &changed, &health);
@@ -92,38 +89,17 @@ fn eligible(node: &Node) -> bool {
     node.metadata.deletion_timestamp.is_none() && !taints.into_iter().flatten().any(|t| t.key == TO_BE_DELETED_TAINT)
 }
 
-/// Reports a health-check port that cannot be opened as a Warning Event on its Service, as
-/// kube-proxy does (`FailedToStartServiceHealthcheck`).
-fn bind_failure_events(client: kube::Client, node: &str) -> crate::health::BindFailure {
-    let reporter = Reporter { controller: "kube-proxy".into(), instance: Some(node.to_string()) };
-    let recorder = Recorder::new(client, reporter);
-    let node = node.to_string();
+/// A health-check port that cannot be opened: a Warning on its Service, as kube-proxy records.
+fn health_bind_failures(events: Option<Events>) -> crate::health::BindFailure {
     Arc::new(move |svc: &ServiceHealth, port: u16, error: &std::io::Error| {
+        let Some(events) = &events else { return };
         let note = format!(
-            "node {node} failed to start healthcheck \"{}/{}\" on port {port}: {error}",
-            svc.namespace, svc.name
+            "node {} failed to start healthcheck \"{}/{}\" on port {port}: {error}",
+            events.node(),
+            svc.namespace,
+            svc.name
         );
-        tracing::warn!("{note}");
-        let reference = ObjectReference {
-            api_version: Some("v1".into()),
-            kind: Some("Service".into()),
-            namespace: Some(svc.namespace.clone()),
-            name: Some(svc.name.clone()),
-            ..Default::default()
-        };
-        let event = Event {
-            type_: EventType::Warning,
-            reason: "FailedToStartServiceHealthcheck".into(),
-            note: Some(note),
-            action: "Listen".into(),
-            secondary: None,
-        };
-        let recorder = recorder.clone();
-        tokio::spawn(async move {
-            if let Err(e) = recorder.publish(&event, &reference).await {
-                tracing::debug!(error = %e, "event");
-            }
-        });
+        events.warn(&svc.namespace, &svc.name, "FailedToStartServiceHealthcheck", note);
     })
 }
 
@@ -218,7 +194,11 @@ impl Applied {
 
         for c in &conflicts {
             if !self.conflicts.contains(c) {
-                tracing::warn!(listen = %c.listen, kept = %c.kept, dropped = %c.dropped, "two Services want one address; the older keeps it");
+                let note = format!("{} is already used by {}; the older Service keeps it", c.listen, c.kept);
+                match &shared.events {
+                    Some(events) => events.warn(&c.dropped.namespace, &c.dropped.name, "AddressConflict", note),
+                    None => tracing::warn!(dropped = %c.dropped, "{note}"),
+                }
             }
         }
         self.conflicts = conflicts;
@@ -279,6 +259,7 @@ mod tests {
             udp: UdpSettings { idle_timeout: Duration::from_secs(1), flows: Arc::new(Semaphore::new(8)) },
             shutdown,
             status: Default::default(),
+            events: None,
         };
         let mut applied = Applied::default();
         applied.apply(want(vec![(listen(1), spec("a", &[1], None)), (listen(2), spec("b", &[2], None))]), &shared);
