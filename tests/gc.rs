@@ -253,9 +253,14 @@ async fn dangling_dependents_are_collected() {
         json!([owner("ConfigMap", "real", "00000000-0000-0000-0000-000000000002", true)]),
     )
     .await;
+    // An owner of a kind nobody serves: kept, as upstream keeps retrying the REST mapping.
+    let widget = json!([{"apiVersion": "example.com/v1", "kind": "Widget", "name": "w", "uid": "00000000-0000-0000-0000-000000000003"}]);
+    fx.config_map("dangle", "of-widget", widget).await;
     gone(&fx.cms("dangle"), "of-ghost").await;
     gone(&fx.cms("dangle"), "of-stale").await;
     assert!(fx.cms("dangle").get_opt("real").await.expect("get").is_some(), "the unrelated object stays");
+    collector_still_works(&fx, "dangle").await;
+    assert!(fx.cms("dangle").get_opt("of-widget").await.expect("get").is_some(), "an unknown kind is not absent");
 }
 
 /// A → B → A, each reference blocking: no policy hangs the collector, and each ends as upstream.

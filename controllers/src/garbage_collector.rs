@@ -33,6 +33,8 @@ const COMPONENT: &str = "garbage-collector-controller";
 const ABSENT_CACHE: usize = 500;
 /// Tries of a read-modify-patch that meets conflicts (`retry.DefaultBackoff` has 4 steps).
 const PATCH_TRIES: usize = 5;
+/// Least time between two discovery reads for kinds owner references name but nobody serves.
+const REDISCOVER: Duration = Duration::from_secs(5);
 
 /// How the collector runs.
 #[derive(Debug, Clone)]
@@ -85,6 +87,8 @@ struct Inner {
     to_orphan: Arc<WorkQueue<String>>,
     absent: Mutex<AbsentCache>,
     resources: RwLock<Arc<Discovered>>,
+    /// When discovery was last read for an unknown kind (read at most every [`REDISCOVER`]).
+    rediscovered: Mutex<Option<tokio::time::Instant>>,
     changes: mpsc::UnboundedSender<Change>,
     deletions: broadcast::Sender<String>,
     reported: Mutex<HashSet<(String, String)>>,
@@ -101,6 +105,7 @@ impl GarbageCollector {
             to_orphan: backoff(5),
             absent: Mutex::new(AbsentCache::default()),
             resources: RwLock::new(Arc::new(Discovered::default())),
+            rediscovered: Mutex::new(None),
             changes: tx,
             deletions: broadcast::channel(4096).0,
             reported: Mutex::new(HashSet::new()),
@@ -229,9 +234,9 @@ impl Inner {
             keep
         });
         for (key, ar) in wanted {
-            if !monitors.contains_key(&key) {
-                let handle = tasks.spawn(self.clone().monitor(key.clone(), ar, synced.clone()));
-                monitors.insert(key, handle);
+            if let std::collections::hash_map::Entry::Vacant(slot) = monitors.entry(key) {
+                let key = slot.key().clone();
+                slot.insert(tasks.spawn(self.clone().monitor(key, ar, synced.clone())));
             }
         }
         *self.resources.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(found);
@@ -477,10 +482,18 @@ impl Inner {
         if let Some(r) = known {
             return Ok(r);
         }
+        let unknown = || GcError::Mapping(format!("{api_version}, Kind={kind}"));
+        {
+            let mut last = lock(&self.rediscovered);
+            if last.is_some_and(|t| t.elapsed() < REDISCOVER) {
+                return Err(unknown());
+            }
+            *last = Some(tokio::time::Instant::now());
+        }
         let found = Arc::new(discover(&self.client).await?);
         let r = found.resolve(api_version, kind).cloned();
         *self.resources.write().unwrap_or_else(|p| p.into_inner()) = found;
-        r.ok_or_else(|| GcError::Mapping(format!("{api_version}, Kind={kind}")))
+        r.ok_or_else(unknown)
     }
 
     fn api(&self, r: &ServedResource, namespace: &str) -> Api<DynamicObject> {

@@ -455,6 +455,30 @@ mod tests {
     use super::*;
 
     #[test]
+    fn failures_read_as_upstream_and_clear_again() {
+        let failures = Failures {
+            discovery: Some("Discovery failed for some groups, 1 failing: unable to retrieve the complete list of server APIs: example.com/v1: boom".into()),
+            content: vec!["b failed".into(), "a failed".into()],
+        };
+        let mut ns = Namespace::default();
+        merge_conditions(&mut ns, &failures.conditions(&BTreeMap::new(), &BTreeMap::new()));
+        let conds = ns.status.as_ref().and_then(|s| s.conditions.clone()).unwrap_or_default();
+        assert_eq!((conds[0].status.as_str(), conds[0].reason.as_deref()), ("True", Some("DiscoveryFailed")));
+        assert_eq!(conds[2].reason.as_deref(), Some("ContentDeletionFailed"));
+        assert_eq!(
+            conds[2].message.as_deref(),
+            Some("Failed to delete all resource types, 2 remaining: a failed, b failed")
+        );
+        let before = conds[2].last_transition_time.clone();
+        // Fixed: every condition turns False with its "all is well" reason.
+        assert!(merge_conditions(&mut ns, &Failures::default().conditions(&BTreeMap::new(), &BTreeMap::new())));
+        let conds = ns.status.as_ref().and_then(|s| s.conditions.clone()).unwrap_or_default();
+        assert!(conds.iter().all(|c| c.status == "False"));
+        assert_eq!(conds[2].reason.as_deref(), Some("ContentDeleted"));
+        assert!(conds[2].last_transition_time >= before);
+    }
+
+    #[test]
     fn conditions_read_as_upstream() {
         let failures = Failures::default();
         let remaining = BTreeMap::from([("pods.".to_string(), 2), ("configmaps.".to_string(), 1)]);
