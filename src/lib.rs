@@ -11,6 +11,7 @@
 //! ```
 
 mod config;
+mod pod_logs;
 
 pub use config::{Config, ConfigError, NodeConfig, NodePortRange};
 pub use kplane_dns::DnsConfig;
@@ -21,6 +22,7 @@ use kplane_apiserver::http::{self, AppState, Authenticator};
 use kplane_apiserver::registry::{Registry, RegistryConfig};
 use kplane_apiserver::storage::{SledBackend, StorageError, Store};
 use kplane_controllers::builtin_services::BuiltinServices;
+use kplane_controllers::node::logs::LogStore;
 use kplane_controllers::lb_ipam;
 use kplane_controllers::{endpoint_informers, endpoints, endpointslice, endpointslice_mirroring};
 use kplane_controllers::{garbage_collector, namespace, podgc};
@@ -77,6 +79,8 @@ pub struct Cluster {
     proxy: Option<ProxyHandle>,
     /// The node agent, when it runs.
     node: Option<kplane_controllers::node::NodeAgent>,
+    /// The node agent's container logs, which `pods/{name}/log` reads.
+    logs: Option<LogStore>,
 }
 
 impl Drop for Cluster {
@@ -110,10 +114,22 @@ impl Cluster {
         };
         let registry = Registry::new(store, &ranges).map_err(|e| ClusterError::Ranges(e.to_string()))?;
         registry.bootstrap().await?;
+        // Process pods' logs: under the data directory, or in a temporary one for an ephemeral cluster.
+        let logs = match (&config.node, &config.data_dir) {
+            (None, _) => None,
+            (Some(_), Some(dir)) => {
+                let path = dir.join("pods");
+                Some(LogStore::open(&path).map_err(|source| ClusterError::DataDir { path, source })?)
+            }
+            (Some(_), None) => {
+                let path = std::env::temp_dir();
+                Some(LogStore::temporary().map_err(|source| ClusterError::DataDir { path, source })?)
+            }
+        };
 
         let mut cluster = Cluster {
             registry: registry.clone(),
-            client: in_process_client(&registry, "127.0.0.1:0"),
+            client: in_process_client(&registry, "127.0.0.1:0", pod_logs_of(&config, logs.as_ref())),
             url: None,
             kubeconfig: None,
             kubeconfig_outcome: None,
@@ -123,6 +139,7 @@ impl Cluster {
             dns: None,
             proxy: None,
             node: None,
+            logs,
         };
         let apiserver = match config.listen {
             Some(addr) => cluster.listen(&config, addr).await?,
@@ -173,6 +190,7 @@ impl Cluster {
                 node_ip: node.ip,
                 pod_cidr: config.pod_cidr.clone(),
                 data_dir: config.data_dir.clone(),
+                logs: self.logs.clone(),
             };
             self.node = Some(kplane_controllers::node::NodeAgent::start(self.client.clone(), agent).await?);
         }
@@ -196,7 +214,8 @@ impl Cluster {
             self.kubeconfig_outcome = Some(auth::write_kubeconfig(path, &url, tls.ca_pem(), &token, "kplane")?);
             self.kubeconfig = Some(path.clone());
         }
-        let state = Arc::new(AppState { registry: self.registry.clone(), advertise, pod_logs: None });
+        let pod_logs = pod_logs_of(config, self.logs.as_ref());
+        let state = Arc::new(AppState { registry: self.registry.clone(), advertise, pod_logs });
         let router = Authenticator::new(&token).protect(http::router(state));
         let server_config = tls.server_config()?;
         let (stop, stopped) = oneshot::channel();
@@ -291,9 +310,19 @@ impl Cluster {
     }
 }
 
+/// What serves `pods/{name}/log`: the node agent's log store, when the agent runs.
+fn pod_logs_of(config: &Config, logs: Option<&LogStore>) -> Option<Arc<dyn http::logs::PodLogs>> {
+    let (node, logs) = (config.node.as_ref()?, logs?);
+    Some(Arc::new(pod_logs::NodeLogs::new(logs.clone(), node.name.clone())))
+}
+
 /// A `kube::Client` whose requests go straight to the router as a tower service.
-fn in_process_client(registry: &Arc<Registry>, advertise: &str) -> kube::Client {
-    let state = Arc::new(AppState { registry: registry.clone(), advertise: advertise.to_string(), pod_logs: None });
+fn in_process_client(
+    registry: &Arc<Registry>,
+    advertise: &str,
+    pod_logs: Option<Arc<dyn http::logs::PodLogs>>,
+) -> kube::Client {
+    let state = Arc::new(AppState { registry: registry.clone(), advertise: advertise.to_string(), pod_logs });
     let router = http::router(state);
     let service = tower::ServiceBuilder::new()
         .map_request(|mut req: ::http::Request<kube::client::Body>| {

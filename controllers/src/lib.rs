@@ -16,14 +16,3 @@ pub mod pod_selection;
 pub mod podgc;
 pub mod service_env;
 pub mod workqueue;
-
-// Process pods (container env, logs, probes, supervisor): declared here until the node agent's
-// `node/mod.rs` takes them in.
-#[path = "node/container_env.rs"]
-pub mod container_env;
-#[path = "node/logs.rs"]
-pub mod logs;
-#[path = "node/probes.rs"]
-pub mod probes;
-#[path = "node/process.rs"]
-pub mod process;

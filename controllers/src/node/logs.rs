@@ -5,6 +5,7 @@
 
 use bytes::Bytes;
 use futures::stream::BoxStream;
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
 use std::collections::{HashMap, VecDeque};
 use std::io::Write;
@@ -100,6 +101,12 @@ impl Drop for Inner {
 #[derive(Clone)]
 pub struct LogStore {
     inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for LogStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LogStore").field("root", &self.inner.root).finish()
+    }
 }
 
 impl LogStore {
@@ -417,6 +424,47 @@ async fn read_line_capped(
     }
 }
 
+/// Which container instance `kubectl logs` means, from the pod's status, with the kubelet's
+/// messages when there is none (`validateContainerLogStatus`): the running instance, else the
+/// last terminated one; with `previous`, the one before the current.
+pub fn log_container_id(pod: &Pod, container: &str, previous: bool) -> Result<String, String> {
+    let pod_name = pod.metadata.name.as_deref().unwrap_or("");
+    let status = pod.status.clone().unwrap_or_default();
+    let found = [status.container_statuses, status.init_container_statuses, status.ephemeral_container_statuses]
+        .into_iter()
+        .flatten()
+        .flatten()
+        .find(|s| s.name == container)
+        .ok_or_else(|| format!("container {container:?} in pod {pod_name:?} is not available"))?;
+    let last = found.last_state.as_ref().and_then(|s| s.terminated.as_ref());
+    let last_id = last.and_then(|t| t.container_id.clone()).filter(|id| !id.is_empty());
+    let state = found.state.clone().unwrap_or_default();
+    let terminated_msg = || format!("container {container:?} in pod {pod_name:?} is terminated");
+    if previous {
+        return last_id
+            .ok_or_else(|| format!("previous terminated container {container:?} in pod {pod_name:?} not found"));
+    }
+    if state.running.is_some() {
+        return found.container_id.clone().ok_or_else(terminated_msg);
+    }
+    if let Some(t) = &state.terminated {
+        return t.container_id.clone().filter(|id| !id.is_empty()).or(last_id).ok_or_else(terminated_msg);
+    }
+    if last.is_some() {
+        return last_id.ok_or_else(terminated_msg);
+    }
+    match state.waiting.and_then(|w| w.reason) {
+        Some(r) if r == "ErrImagePull" => {
+            Err(format!("container {container:?} in pod {pod_name:?} is waiting to start: image can't be pulled"))
+        }
+        Some(r) if r == "ImagePullBackOff" => Err(format!(
+            "container {container:?} in pod {pod_name:?} is waiting to start: trying and failing to pull image"
+        )),
+        Some(r) => Err(format!("container {container:?} in pod {pod_name:?} is waiting to start: {r}")),
+        None => Err(format!("container {container:?} in pod {pod_name:?} is waiting to start - no logs yet")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -526,5 +574,41 @@ mod tests {
         let root = store.root().to_path_buf();
         drop(store);
         assert!(!root.exists(), "a temporary store removes its directory");
+    }
+    #[test]
+    fn log_container_follows_the_kubelet() {
+        let pod = |status: serde_json::Value| -> Pod {
+            serde_json::from_value(
+                serde_json::json!({"metadata": {"name": "p"}, "status": {"containerStatuses": [status]}}),
+            )
+            .expect("pod")
+        };
+        let base = serde_json::json!({"name": "c", "image": "", "imageID": "", "ready": false, "restartCount": 1});
+        let with = |extra: serde_json::Value| {
+            let mut s = base.clone();
+            for (k, v) in extra.as_object().expect("object") {
+                s[k] = v.clone();
+            }
+            pod(s)
+        };
+        let running = with(serde_json::json!({"containerID": "kplane://2", "state": {"running": {}},
+            "lastState": {"terminated": {"exitCode": 1, "containerID": "kplane://1"}}}));
+        assert_eq!(log_container_id(&running, "c", false).as_deref(), Ok("kplane://2"));
+        assert_eq!(log_container_id(&running, "c", true).as_deref(), Ok("kplane://1"));
+        assert_eq!(log_container_id(&running, "x", false), Err("container \"x\" in pod \"p\" is not available".into()));
+        let backoff = with(serde_json::json!({"state": {"waiting": {"reason": "CrashLoopBackOff"}},
+            "lastState": {"terminated": {"exitCode": 1, "containerID": "kplane://1"}}}));
+        assert_eq!(log_container_id(&backoff, "c", false).as_deref(), Ok("kplane://1"));
+        let fresh = with(serde_json::json!({"containerID": "kplane://0", "state": {"running": {}}, "lastState": {}}));
+        assert_eq!(
+            log_container_id(&fresh, "c", true),
+            Err("previous terminated container \"c\" in pod \"p\" not found".into())
+        );
+        let creating =
+            with(serde_json::json!({"state": {"waiting": {"reason": "ContainerCreating"}}, "lastState": {}}));
+        assert_eq!(
+            log_container_id(&creating, "c", false),
+            Err("container \"c\" in pod \"p\" is waiting to start: ContainerCreating".into())
+        );
     }
 }

@@ -33,10 +33,15 @@
 //! Readiness can also be driven from outside: a `Ready`/`ContainersReady` condition written
 //! through `/status` stays until the agent's own view of it changes.
 
+pub mod container_env;
 pub mod events;
 pub mod host;
+pub mod logs;
 pub mod pod_ips;
 mod pods;
+pub mod probes;
+pub mod process;
+pub mod process_runtime;
 pub mod register;
 pub mod runtime;
 mod schedule;
@@ -62,6 +67,9 @@ pub struct NodeAgentConfig {
     pub pod_cidr: String,
     /// Where the cluster keeps state; its filesystem is the node's `ephemeral-storage`.
     pub data_dir: Option<PathBuf>,
+    /// Where process pods' container logs go (also read by `pods/{name}/log`); `None`: a
+    /// temporary directory.
+    pub logs: Option<logs::LogStore>,
 }
 
 /// Why the agent could not start.
@@ -71,6 +79,8 @@ pub enum NodeError {
     PodCidr(String),
     #[error("registering node {node}: {source}")]
     Register { node: String, source: kube::Error },
+    #[error("container log directory: {0}")]
+    Logs(std::io::Error),
 }
 
 /// A running node agent.
@@ -80,10 +90,10 @@ pub struct NodeAgent {
 }
 
 impl NodeAgent {
-    /// The runtimes pods may run in, in the order they are asked; the simulated one is last
-    /// and takes every pod.
-    fn runtimes(ctx: &RuntimeContext) -> Vec<Arc<dyn PodRuntime>> {
-        vec![Arc::new(simulated::Simulated::new(ctx))]
+    /// The runtimes pods may run in, in the order they are asked: process pods
+    /// (`kplane.dev/run: process`) first; the simulated one is last and takes every pod.
+    fn runtimes(ctx: &RuntimeContext, logs: logs::LogStore) -> Vec<Arc<dyn PodRuntime>> {
+        vec![Arc::new(process_runtime::ProcessRuntime::new(ctx, logs)), Arc::new(simulated::Simulated::new(ctx))]
     }
 
     /// Registers the Node (it is `Ready` when this returns), takes back the pod IPs in use, and
@@ -104,6 +114,10 @@ impl NodeAgent {
         let registered = registration.register().await.map_err(register_error)?;
         registration.renew_lease(&registered).await.map_err(register_error)?;
 
+        let logs = match config.logs.clone() {
+            Some(l) => l,
+            None => logs::LogStore::temporary().map_err(NodeError::Logs)?,
+        };
         let (events, pleg) = PodEvents::new();
         let recorder = events::Recorder::new(client.clone(), "kubelet", Some(node.clone()));
         let ctx =
@@ -113,7 +127,7 @@ impl NodeAgent {
             node.clone(),
             registration.identity().ip,
             PodIps::new(cidr),
-            Self::runtimes(&ctx),
+            Self::runtimes(&ctx, logs),
             recorder,
         ));
         pods.restore().await.map_err(register_error)?;

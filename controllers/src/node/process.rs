@@ -200,6 +200,24 @@ impl PodRun {
     /// Stops every container: SIGTERM to each process group, SIGKILL after `grace`. Returns when
     /// all have exited; the status then holds the terminal phase.
     pub async fn stop(&self, grace: Duration) -> PodRunStatus {
+        self.stopper().stop(grace).await
+    }
+
+    /// A handle that stops the pod without borrowing the `PodRun`.
+    pub fn stopper(&self) -> Stopper {
+        Stopper { control: self.control.clone(), status: self.status.clone() }
+    }
+}
+
+/// Stops a pod's processes (see [`PodRun::stop`]).
+#[derive(Clone)]
+pub struct Stopper {
+    control: mpsc::UnboundedSender<Msg>,
+    status: watch::Receiver<PodRunStatus>,
+}
+
+impl Stopper {
+    pub async fn stop(&self, grace: Duration) -> PodRunStatus {
         let (tx, rx) = oneshot::channel();
         if self.control.send(Msg::Stop { grace, done: tx }).is_ok() {
             let _ = rx.await;
