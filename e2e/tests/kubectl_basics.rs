@@ -202,9 +202,12 @@ fn delete_namespace(v: &str) {
     let server = Server::start_ephemeral();
     let file = server.write_file("ns.yaml", "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: doomed\n");
     assert_eq!(ok(&server, v, &["create", "-f", file.to_str().unwrap()]).trim(), "namespace/doomed created");
+    // Content held by a finalizer keeps the namespace Terminating until it is released.
+    let held = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: held\n  namespace: doomed\n  finalizers: [example.com/hold]\n";
+    let held = server.write_file("held.yaml", held);
+    ok(&server, v, &["create", "-f", held.to_str().unwrap()]);
     let deleted = ok(&server, v, &["delete", "namespace", "doomed", "--wait=false"]);
     assert_eq!(deleted.trim(), r#"namespace "doomed" deleted"#);
-    // Nothing finalizes namespaces yet: it stays Terminating.
     let ns = json(&server, v, &["get", "ns", "doomed"]);
     assert!(ns["metadata"]["deletionTimestamp"].is_string(), "{ns:#}");
     assert_eq!(ns["status"]["phase"], "Terminating", "{ns:#}");
@@ -214,6 +217,13 @@ fn delete_namespace(v: &str) {
     let cm = server.write_file("cm.yaml", CONFIGMAP);
     let err = fails(&server, v, &["create", "-n", "doomed", "-f", cm.to_str().unwrap()]);
     assert!(err.contains("Forbidden") && err.contains("being terminated"), "{err}");
+    // Released, the content goes and so does the namespace.
+    ok(
+        &server,
+        v,
+        &["patch", "cm", "held", "-n", "doomed", "--type=merge", "-p", r#"{"metadata":{"finalizers":null}}"#],
+    );
+    ok(&server, v, &["wait", "--for=delete", "namespace/doomed", "--timeout=30s"]);
     // The initial namespaces may not be deleted at all.
     let err = fails(&server, v, &["delete", "namespace", "kube-system", "--wait=false"]);
     assert!(err.contains("Forbidden"), "{err}");
