@@ -1,0 +1,135 @@
+//! `kubectl logs` against the real `kplane serve` binary with kubectl 1.27 and 1.33, on process
+//! pods (`kplane.dev/run: process`): the whole log, `--tail`, `-f` (sees a line written after it
+//! started and ends when the container does), `--previous` after a crash, and upstream's errors
+//! for unknown pods, containers and previous instances. Each test has its own server.
+
+use kplane_e2e::Server;
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+const WITHIN: Duration = Duration::from_secs(60);
+
+fn describe(args: &[&str], out: &Output) -> String {
+    format!(
+        "kubectl {}\nexit: {:?}\nstdout:\n{}\nstderr:\n{}",
+        args.join(" "),
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn ok(server: &Server, version: &str, args: &[&str]) -> String {
+    let out = server.kubectl(version, args);
+    assert!(out.status.success(), "expected success: {}", describe(args, &out));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn fails(server: &Server, version: &str, args: &[&str]) -> String {
+    let out = server.kubectl(version, args);
+    assert_eq!(out.status.code(), Some(1), "expected exit 1: {}", describe(args, &out));
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Polls `kubectl ARGS` until `check` accepts its stdout.
+fn eventually(server: &Server, version: &str, args: &[&str], what: &str, check: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + WITHIN;
+    loop {
+        let out = server.kubectl(version, args);
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        if out.status.success() && check(&stdout) {
+            return stdout;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}: {}", describe(args, &out));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn process_pod(name: &str, containers: &str, restart: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  annotations:\n    kplane.dev/run: process\n\
+         spec:\n  restartPolicy: {restart}\n  terminationGracePeriodSeconds: 5\n  containers:\n{containers}"
+    )
+}
+
+fn logs_with(version: &str) {
+    let server = Server::start_ephemeral();
+    let trigger = server.scratch_dir().join("more");
+    let talk = format!(
+        "  - name: c\n    image: busybox\n    command: [sh, -c]\n    args:\n      - \"echo one; echo two; echo three; \
+         while [ ! -e {t} ]; do sleep 0.05; done; echo four; exec sleep 3600\"\n",
+        t = trigger.display()
+    );
+    let two = "  - name: a\n    image: x\n    command: [sleep, \"3600\"]\n  - name: b\n    image: x\n    command: [sleep, \"3600\"]\n";
+    let crash = "  - name: c\n    image: busybox\n    command: [sh, -c, \"echo attempt; exit 1\"]\n";
+    for (file, name, containers, restart) in [
+        ("talk.yaml", "talk", talk.as_str(), "Always"),
+        ("two.yaml", "two", two, "Always"),
+        ("crash.yaml", "crash", crash, "Always"),
+    ] {
+        let path = server.write_file(file, &process_pod(name, containers, restart));
+        ok(&server, version, &["apply", "-f", path.to_str().expect("utf-8 path")]);
+    }
+    ok(&server, version, &["wait", "--for=condition=Ready", "pod/talk", "--timeout=60s"]);
+
+    // The whole log, then the tail.
+    let all = eventually(&server, version, &["logs", "talk"], "three lines", |s| s.ends_with("three\n"));
+    assert_eq!(all, "one\ntwo\nthree\n");
+    assert_eq!(ok(&server, version, &["logs", "talk", "--tail=1"]), "three\n");
+    assert_eq!(ok(&server, version, &["logs", "pod/talk", "-c", "c", "--tail=2"]), "two\nthree\n");
+    let stamped = ok(&server, version, &["logs", "talk", "--tail=1", "--timestamps"]);
+    let (ts, rest) = stamped.split_once(' ').expect("a timestamp first");
+    assert!(ts.contains('T') && ts.ends_with('Z'), "{stamped}");
+    assert_eq!(rest, "three\n");
+
+    // -f: sees a line written after it started, and ends when the container ends.
+    let mut follow = server.kubectl_spawn(version, &["logs", "-f", "talk", "--tail=1"]);
+    follow.wait_for_line(WITHIN, |l| l == "three").expect("the last line first");
+    std::fs::write(&trigger, b"").expect("trigger");
+    follow.wait_for_line(WITHIN, |l| l == "four").expect("the new line");
+    ok(&server, version, &["delete", "pod", "talk", "--wait=false"]);
+    let deadline = Instant::now() + WITHIN;
+    while !follow.has_exited() {
+        assert!(Instant::now() < deadline, "kubectl logs -f did not end with the container");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // --previous after a crash.
+    eventually(
+        &server,
+        version,
+        &["get", "pod", "crash", "-o", "jsonpath={.status.containerStatuses[0].restartCount}"],
+        "a restart",
+        |s| s.trim().parse::<u32>().is_ok_and(|n| n >= 1),
+    );
+    assert_eq!(ok(&server, version, &["logs", "crash", "--previous"]), "attempt\n");
+    let reason = ok(
+        &server,
+        version,
+        &["get", "pod", "crash", "-o", "jsonpath={.status.containerStatuses[0].lastState.terminated.reason}"],
+    );
+    assert_eq!(reason, "Error");
+
+    // Upstream's errors.
+    let err = fails(&server, version, &["logs", "nosuch"]);
+    assert!(err.contains("pods \"nosuch\" not found"), "{err}");
+    let err = fails(&server, version, &["logs", "two", "-c", "zz"]);
+    assert!(err.contains("container zz is not valid for pod two"), "{err}");
+    let err = fails(&server, version, &["logs", "two", "-c", "a", "--previous"]);
+    assert!(err.contains("previous terminated container \"a\" in pod \"two\" not found"), "{err}");
+    // Several containers and none named: kubectl picks the first and says so.
+    let out = server.kubectl(version, &["logs", "two"]);
+    assert!(out.status.success(), "{}", describe(&["logs", "two"], &out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("Defaulted container \"a\""), "{stderr}");
+}
+
+#[test]
+fn kubectl_1_27_logs() {
+    logs_with("1.27");
+}
+
+#[test]
+fn kubectl_1_33_logs() {
+    logs_with("1.33");
+}
