@@ -183,6 +183,8 @@ impl Cluster {
         self.tasks.push(tokio::spawn(gc.run()));
         self.tasks.push(tokio::spawn(namespace::run(self.client.clone(), Some(deletions))));
         self.tasks.push(tokio::spawn(podgc::run(self.client.clone(), Default::default())));
+        self.tasks.push(tokio::spawn(kplane_controllers::replicaset::run(self.client.clone())));
+        self.tasks.push(tokio::spawn(kplane_controllers::deployment::run(self.client.clone())));
         // The node agent: its Node is registered and Ready before this returns.
         if let Some(node) = &config.node {
             let agent = kplane_controllers::node::NodeAgentConfig {

@@ -14,5 +14,7 @@ pub mod namespace;
 pub mod node;
 pub mod pod_selection;
 pub mod podgc;
+pub mod replicaset;
 pub mod service_env;
 pub mod workqueue;
+pub mod deployment;

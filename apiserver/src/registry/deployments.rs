@@ -173,10 +173,14 @@ fn validate_strategy(strategy: &Value) -> Vec<FieldError> {
         }
         "RollingUpdate" => {
             if ru.is_null() {
-                errs.push(FieldError::required("spec.strategy.rollingUpdate", "this should be defaulted and never be nil"));
+                errs.push(FieldError::required(
+                    "spec.strategy.rollingUpdate",
+                    "this should be defaulted and never be nil",
+                ));
                 return errs;
             }
-            let unavailable = int_or_percent(&ru["maxUnavailable"], "spec.strategy.rollingUpdate.maxUnavailable", &mut errs);
+            let unavailable =
+                int_or_percent(&ru["maxUnavailable"], "spec.strategy.rollingUpdate.maxUnavailable", &mut errs);
             let surge = int_or_percent(&ru["maxSurge"], "spec.strategy.rollingUpdate.maxSurge", &mut errs);
             if unavailable.map(|(v, _)| v) == Some(0) && surge.map(|(v, _)| v) == Some(0) {
                 errs.push(FieldError::invalid(
@@ -252,7 +256,10 @@ mod tests {
         assert_eq!(spec["replicas"], 1);
         assert_eq!(spec["revisionHistoryLimit"], 10);
         assert_eq!(spec["progressDeadlineSeconds"], 600);
-        assert_eq!(spec["strategy"], json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": "25%"}}));
+        assert_eq!(
+            spec["strategy"],
+            json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": "25%"}})
+        );
         assert_eq!(spec["template"]["spec"]["restartPolicy"], "Always");
         assert!(Deployments.validate(&d).is_empty(), "{:?}", Deployments.validate(&d));
         let mut r = deployment(json!({"type": "Recreate"}));

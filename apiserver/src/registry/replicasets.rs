@@ -159,7 +159,11 @@ pub(super) fn validate_selector_and_template(spec: &Value) -> Vec<FieldError> {
             let empty = sel["matchLabels"].as_object().is_none_or(Map::is_empty)
                 && sel["matchExpressions"].as_array().is_none_or(Vec::is_empty);
             if empty {
-                errs.push(FieldError::invalid("spec.selector", sel.clone(), "empty selector is invalid for deployment"));
+                errs.push(FieldError::invalid(
+                    "spec.selector",
+                    sel.clone(),
+                    "empty selector is invalid for deployment",
+                ));
             }
             let ok = sel_errs.is_empty();
             errs.extend(sel_errs);
@@ -236,7 +240,9 @@ mod tests {
         assert_eq!(errs.len(), 1, "{errs:?}");
         assert_eq!(errs[0].field, "spec.template.metadata.labels");
         assert!(errs[0].to_string().contains("`selector` does not match template `labels`"));
-        assert!(ReplicaSets.validate(&rs(json!({"matchLabels": {"app": "a"}}), json!({"app": "a", "x": "y"}))).is_empty());
+        assert!(
+            ReplicaSets.validate(&rs(json!({"matchLabels": {"app": "a"}}), json!({"app": "a", "x": "y"}))).is_empty()
+        );
     }
 
     #[test]
