@@ -102,8 +102,18 @@ pub struct NodeConfig {
 }
 
 impl Default for NodeConfig {
+    /// The host's name made a valid node name (a host named `My_Box` gives `my-box`), and 127.0.0.1.
     fn default() -> Self {
-        Self { name: kplane_controllers::node::host::hostname(), ip: IpAddr::V4(Ipv4Addr::LOCALHOST) }
+        let host = kplane_controllers::node::host::hostname();
+        let cleaned: String = host
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c.to_ascii_lowercase() } else { '-' })
+            .collect();
+        let labels: Vec<&str> = cleaned.split('.').map(|l| l.trim_matches('-')).filter(|l| !l.is_empty()).collect();
+        let mut name = labels.iter().map(|l| l[..l.len().min(63)].trim_end_matches('-')).collect::<Vec<_>>().join(".");
+        name.truncate(253);
+        let name = name.trim_end_matches(['.', '-']).to_string();
+        Self { name: if name.is_empty() { "localhost".into() } else { name }, ip: IpAddr::V4(Ipv4Addr::LOCALHOST) }
     }
 }
 
@@ -185,7 +195,7 @@ impl Config {
                     && !l.ends_with('-')
             };
             if n.len() > 253 || !n.split('.').all(label_ok) {
-                return Err(invalid("--node-name", n, "must be a lowercase DNS subdomain (RFC 1123)"));
+                return Err(invalid("--node-name", n, "must be a lowercase RFC 1123 DNS subdomain, e.g. my-node"));
             }
         }
         if !(1..=1000).contains(&self.max_endpoints_per_slice) {
@@ -220,5 +230,9 @@ mod tests {
         assert!(c.validate().is_ok());
         c.cluster_domain = "bad..domain".into();
         assert!(c.validate().is_err());
+        let mut c = Config::ephemeral();
+        c.node = Some(NodeConfig { name: "Bad_Name".into(), ..NodeConfig::default() });
+        assert!(c.validate().is_err());
+        assert!(Config::ephemeral().node.is_some_and(|n| !n.name.is_empty()));
     }
 }

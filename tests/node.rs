@@ -560,3 +560,14 @@ async fn a_restarted_agent_takes_back_the_ips_in_use() {
     }
     assert_eq!(all.iter().collect::<HashSet<_>>().len(), all.len(), "an IP was handed out twice: {all:?}");
 }
+
+#[tokio::test]
+async fn host_network_pods_have_the_node_ip() {
+    let fx = Fx::start().await;
+    fx.create(with(pod("host"), |p| p["spec"]["hostNetwork"] = json!(true))).await;
+    fx.create(pod("regular")).await;
+    let host = fx.running("host").await;
+    assert_eq!(pod_ip(&host).map(|i| i.to_string()).as_deref(), Some("127.0.0.1"));
+    let regular = fx.running("regular").await;
+    assert!(in_pod_cidr(pod_ip(&regular).expect("ip")));
+}

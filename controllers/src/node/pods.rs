@@ -253,7 +253,9 @@ impl Pods {
             return Ok(());
         }
         let pin = pod.metadata.annotations.as_ref().and_then(|a| a.get(POD_IP_ANNOTATION)).map(String::as_str);
-        let assigned = lock(&self.ips).assign(&uid, &key_of(pod), pin);
+        let host_network = pod.spec.as_ref().and_then(|s| s.host_network) == Some(true);
+        // A host-network pod has the node's IP and takes none from the range.
+        let assigned = if host_network { Ok(self.host_ip) } else { lock(&self.ips).assign(&uid, &key_of(pod), pin) };
         match assigned {
             Err(e) => {
                 lock(&self.waiting_for_ip).insert(uid);
