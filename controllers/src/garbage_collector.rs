@@ -163,6 +163,7 @@ impl GarbageCollector {
         loop {
             tokio::time::sleep(config.resync).await;
             inner.resync_monitors(&mut tasks, &mut monitors, &synced_tx).await;
+            while tasks.try_join_next().is_some() {} // stopped monitors
         }
     }
 }
