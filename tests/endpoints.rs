@@ -675,3 +675,18 @@ async fn steady_state_writes_nothing() {
     assert!(before.0.is_subset(&slices), "slices were rewritten: {:?} vs {:?}", before.0, slices);
     assert!(before.1.is_subset(&eps), "Endpoints were rewritten: {:?} vs {:?}", before.1, eps);
 }
+
+// `--max-endpoints-per-slice`: 1–1000, and slices hold no more than it says.
+#[tokio::test]
+async fn max_endpoints_per_slice_is_validated_and_honoured() {
+    for bad in [0, 1001] {
+        let config = Config { max_endpoints_per_slice: bad, ..Config::ephemeral() };
+        let err = Cluster::start_with(config).await.err().expect("refused").to_string();
+        assert!(err.contains("--max-endpoints-per-slice") && err.contains("1-1000"), "{err}");
+    }
+    let fx = Fx::with(Config { max_endpoints_per_slice: 7, ..Config::ephemeral() }).await;
+    fx.service("small", json!({"selector": {"app": "small"}, "ports": [{"port": 80}]})).await;
+    many_pods(&fx, 30, "s", "small").await;
+    let slices = fx.slices("small", |s| ready_ips(s).len() == 30).await;
+    assert!(slices.len() >= 5 && slices.iter().all(|s| s.endpoints.len() <= 7), "{:?}", sizes(&slices));
+}
