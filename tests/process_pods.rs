@@ -24,8 +24,11 @@ struct Fx {
 impl Fx {
     /// A cluster whose pod IPs no other test's cluster uses (process pods bind them).
     async fn start() -> Self {
+        Self::with(kplane::Config::ephemeral()).await
+    }
+
+    async fn with(mut config: kplane::Config) -> Self {
         static NEXT: AtomicU8 = AtomicU8::new(1);
-        let mut config = kplane::Config::ephemeral();
         config.pod_cidr = format!("127.245.{}.0/24", NEXT.fetch_add(1, Ordering::Relaxed));
         Fx { cluster: kplane::Cluster::start_with(config).await.expect("cluster starts") }
     }
@@ -449,4 +452,27 @@ async fn logs_follow_tail_and_refuse_bad_requests_as_upstream() {
     let gone = tokio::time::timeout(DEADLINE, await_condition(fx.api(), "talker", |p: Option<&Pod>| p.is_none()));
     gone.await.expect("pod deleted in time").expect("watch");
     assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists(), "process {pid} still runs");
+}
+
+#[tokio::test]
+async fn https_and_tcp_probes_reach_a_server_with_a_certificate_nobody_trusts() {
+    // The API server's own HTTPS port: a self-signed CA the probe does not verify, as upstream.
+    let mut config = kplane::Config::ephemeral();
+    config.listen = Some("127.0.0.1:0".parse().expect("addr"));
+    let fx = Fx::with(config).await;
+    let url = fx.cluster.url().expect("listening").to_string();
+    let port: i32 = url.rsplit(':').next().and_then(|p| p.parse().ok()).expect("port");
+    fx.pod(
+        "tls",
+        json!([{
+            "name": "c", "command": ["sleep", "3600"],
+            "readinessProbe": {"httpGet": {"scheme": "HTTPS", "host": "127.0.0.1", "port": port, "path": "/readyz"},
+                               "periodSeconds": 1},
+            "livenessProbe": {"tcpSocket": {"host": "127.0.0.1", "port": port}, "periodSeconds": 1}
+        }]),
+        json!({}),
+    )
+    .await;
+    let pod = fx.wait_pod("tls", "Ready", |p| condition(p, "Ready").as_deref() == Some("True")).await;
+    assert_eq!(container(&pod, 0).restart_count, 0);
 }

@@ -124,6 +124,56 @@ fn logs_with(version: &str) {
     assert!(stderr.contains("Defaulted container \"a\""), "{stderr}");
 }
 
+/// Conformance "Pods should contain environment variables for services" (spec §7 item 36): a
+/// Service created first, then a pod that prints its environment.
+fn service_env_with(version: &str) {
+    let server = Server::start_ephemeral();
+    let svc = concat!(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: fooservice\nspec:\n",
+        "  selector:\n    name: server\n  ports:\n  - port: 8765\n    protocol: TCP\n    targetPort: 8080\n"
+    );
+    let path = server.write_file("svc.yaml", svc);
+    ok(&server, version, &["apply", "-f", path.to_str().expect("utf-8 path")]);
+    let ip = ok(&server, version, &["get", "svc", "fooservice", "-o", "jsonpath={.spec.clusterIP}"]);
+    let env = "  - name: env3cont\n    image: busybox\n    command: [sh, -c, env]\n";
+    let path = server.write_file("env.yaml", &process_pod("client-envvars", env, "Never"));
+    ok(&server, version, &["apply", "-f", path.to_str().expect("utf-8 path")]);
+    let out = eventually(
+        &server,
+        version,
+        &["get", "pod", "client-envvars", "-o", "jsonpath={.status.phase}"],
+        "Succeeded",
+        |s| s == "Succeeded",
+    );
+    assert_eq!(out, "Succeeded");
+    let log = ok(&server, version, &["logs", "client-envvars"]);
+    let lines: Vec<&str> = log.lines().collect();
+    for want in [
+        format!("FOOSERVICE_SERVICE_HOST={ip}"),
+        "FOOSERVICE_SERVICE_PORT=8765".to_string(),
+        format!("FOOSERVICE_PORT=tcp://{ip}:8765"),
+        format!("FOOSERVICE_PORT_8765_TCP_PORT=8765"),
+        "FOOSERVICE_PORT_8765_TCP_PROTO=tcp".to_string(),
+        format!("FOOSERVICE_PORT_8765_TCP=tcp://{ip}:8765"),
+        format!("FOOSERVICE_PORT_8765_TCP_ADDR={ip}"),
+        "HOSTNAME=client-envvars".to_string(),
+    ] {
+        assert!(lines.contains(&want.as_str()), "{want} missing from:\n{log}");
+    }
+    assert!(lines.iter().any(|l| l.starts_with("KUBERNETES_SERVICE_HOST=")), "{log}");
+    assert!(lines.iter().any(|l| l.starts_with("POD_IP=")), "{log}");
+}
+
+#[test]
+fn kubectl_1_27_service_env() {
+    service_env_with("1.27");
+}
+
+#[test]
+fn kubectl_1_33_service_env() {
+    service_env_with("1.33");
+}
+
 #[test]
 fn kubectl_1_27_logs() {
     logs_with("1.27");

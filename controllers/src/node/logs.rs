@@ -110,9 +110,15 @@ impl std::fmt::Debug for LogStore {
 }
 
 impl LogStore {
-    /// Logs under `root` (the data directory's `pods/`), kept across restarts.
+    /// Logs under `root` (the data directory's `pods/`). What an earlier run left there is
+    /// removed: the containers it logged are gone with that run, and nothing names them now.
     pub fn open(root: impl Into<PathBuf>) -> std::io::Result<Self> {
         let root = root.into();
+        if root.is_dir() {
+            for entry in std::fs::read_dir(&root)?.flatten() {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
         std::fs::create_dir_all(&root)?;
         Ok(Self::with_root(root, false))
     }

@@ -695,6 +695,8 @@ impl Supervisor {
             ProbeReport::Unhealthy(msg) => self.event(i, true, "Unhealthy", msg),
             ProbeReport::Result(ok) => match kind {
                 ProbeKind::Readiness => self.slots[i].ready = ok,
+                // A passing liveness probe changes nothing.
+                ProbeKind::Liveness if ok => {}
                 ProbeKind::Startup if ok => {
                     let _ = inst.startup_done.send(true);
                     let slot = &mut self.slots[i];

@@ -220,6 +220,19 @@ async fn crashing_container_restarts_with_back_off_and_keeps_the_previous_log() 
 }
 
 #[tokio::test]
+async fn fallback_to_logs_on_error_puts_the_log_tail_in_the_message() {
+    let h = start(serde_json::json!({"restartPolicy": "Never", "containers": [
+        {"name": "c", "command": ["sh", "-c", "echo first; echo boom; exit 2"],
+         "terminationMessagePolicy": "FallbackToLogsOnError"},
+        {"name": "d", "command": ["sh", "-c", "echo fine"], "terminationMessagePolicy": "FallbackToLogsOnError"}
+    ]}));
+    let s = h.until("Failed", |s| s.phase == "Failed").await;
+    let t = |i: usize| s.container_statuses[i].state.as_ref().and_then(|st| st.terminated.clone()).expect("terminated");
+    assert_eq!(t(0).message.as_deref(), Some("first\nboom\n"));
+    assert_eq!(t(1).message, None, "only on error");
+}
+
+#[tokio::test]
 async fn restart_policies_decide_the_phase() {
     let never = start(serde_json::json!({"restartPolicy": "Never", "containers": [
         {"name": "c", "command": ["sh", "-c", "exit 1"]}
@@ -319,6 +332,9 @@ async fn probes_drive_readiness_and_liveness_restarts() {
     }, {
         "name": "l", "command": ["sleep", "30"],
         "livenessProbe": {"exec": {"command": ["false"]}, "periodSeconds": 1, "failureThreshold": 1},
+    }, {
+        "name": "alive", "command": ["sleep", "30"],
+        "livenessProbe": {"exec": {"command": ["true"]}, "periodSeconds": 1},
     }]}));
     let s = h.until("running", |s| c0(s).state.as_ref().is_some_and(|st| st.running.is_some())).await;
     assert!(!c0(&s).ready);
@@ -327,6 +343,7 @@ async fn probes_drive_readiness_and_liveness_restarts() {
     std::fs::remove_file(&flag).expect("unflag");
     h.until("unready", |s| !c0(s).ready).await;
     h.until("liveness restart", |s| s.container_statuses[1].restart_count >= 1).await;
+    assert_eq!(h.run.status().borrow().container_statuses[2].restart_count, 0, "a passing liveness probe keeps it");
     let events = h.events();
     assert!(events.iter().any(|e| e.message == "Container l failed liveness probe, will be restarted"), "{events:?}");
     assert!(events.iter().any(|e| e.reason == "Unhealthy" && e.message.starts_with("Liveness probe failed")));
