@@ -152,7 +152,7 @@ fn service_env_with(version: &str) {
         format!("FOOSERVICE_SERVICE_HOST={ip}"),
         "FOOSERVICE_SERVICE_PORT=8765".to_string(),
         format!("FOOSERVICE_PORT=tcp://{ip}:8765"),
-        format!("FOOSERVICE_PORT_8765_TCP_PORT=8765"),
+        "FOOSERVICE_PORT_8765_TCP_PORT=8765".to_string(),
         "FOOSERVICE_PORT_8765_TCP_PROTO=tcp".to_string(),
         format!("FOOSERVICE_PORT_8765_TCP=tcp://{ip}:8765"),
         format!("FOOSERVICE_PORT_8765_TCP_ADDR={ip}"),
