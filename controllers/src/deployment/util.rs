@@ -102,8 +102,8 @@ pub fn max_revision(sets: &[Rs]) -> i64 {
 }
 
 /// `ComputeHash`: FNV-1a (32 bit) of the template, then of the collision count, printed in
-/// decimal and mapped onto `rand.SafeEncodeString`'s alphabet. kplane hashes the template's JSON
-/// (upstream hashes a Go-specific dump of it), so names differ from upstream's for equal templates.
+/// decimal and mapped onto `rand.SafeEncodeString`'s alphabet. kplane hashes the template's
+/// normalized JSON (upstream hashes a Go-specific dump of it), so names differ from upstream's.
 pub fn compute_hash(template: &PodTemplateSpec, collision_count: Option<i32>) -> String {
     const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
     let mut hash: u32 = 0x811c_9dc5;
@@ -113,29 +113,48 @@ pub fn compute_hash(template: &PodTemplateSpec, collision_count: Option<i32>) ->
             hash = hash.wrapping_mul(0x0100_0193);
         }
     };
-    feed(&serde_json::to_vec(template).unwrap_or_default());
+    feed(&serde_json::to_vec(&normalized(template)).unwrap_or_default());
     if let Some(c) = collision_count {
         feed(&(c as u32).to_le_bytes());
     }
     hash.to_string().bytes().map(|b| ALPHABET[usize::from(b) % ALPHABET.len()] as char).collect()
 }
 
-fn without_hash(t: &PodTemplateSpec) -> PodTemplateSpec {
-    let mut t = t.clone();
-    if let Some(meta) = t.metadata.as_mut() {
-        if let Some(labels) = meta.labels.as_mut() {
-            labels.remove(HASH_LABEL);
-        }
-        if meta.labels.as_ref().is_some_and(BTreeMap::is_empty) {
-            meta.labels = None;
+/// The template as JSON without the hash label and without zero values (`false`, `0`, `""`,
+/// empty lists and maps, `null`): Go's semantic equality cannot tell those from absent fields,
+/// and clients differ in which of them they send (a protobuf body carries `stdin: false`, a
+/// JSON patch from kubectl omits it).
+fn normalized(t: &PodTemplateSpec) -> serde_json::Value {
+    fn prune(v: &mut serde_json::Value) -> bool {
+        use serde_json::Value;
+        match v {
+            Value::Null => true,
+            Value::Bool(b) => !*b,
+            Value::Number(n) => n.as_f64() == Some(0.0),
+            Value::String(s) => s.is_empty(),
+            Value::Array(items) => {
+                items.iter_mut().for_each(|i| {
+                    prune(i);
+                });
+                items.is_empty()
+            }
+            Value::Object(map) => {
+                map.retain(|_, v| !prune(v));
+                map.is_empty()
+            }
         }
     }
-    t
+    let mut v = serde_json::to_value(t).unwrap_or_default();
+    if let Some(labels) = v.pointer_mut("/metadata/labels").and_then(serde_json::Value::as_object_mut) {
+        labels.remove(HASH_LABEL);
+    }
+    prune(&mut v);
+    v
 }
 
-/// `EqualIgnoreHash`.
+/// `EqualIgnoreHash` (on the normalized form, as Go's semantic equality would see it).
 pub fn equal_ignore_hash(a: &PodTemplateSpec, b: &PodTemplateSpec) -> bool {
-    without_hash(a) == without_hash(b)
+    normalized(a) == normalized(b)
 }
 
 fn template_of(rs: &ReplicaSet) -> PodTemplateSpec {
@@ -489,6 +508,23 @@ mod tests {
         assert_eq!(h, compute_hash(&t, None));
         assert!(h.chars().all(|c| "bcdfghjklmnpqrstvwxz2456789".contains(c)) && !h.is_empty() && h.len() <= 10);
         assert_ne!(h, compute_hash(&t, Some(1)));
+    }
+
+    #[test]
+    fn zero_values_and_the_hash_label_do_not_count() {
+        let a: PodTemplateSpec = serde_json::from_value(serde_json::json!({
+            "metadata": {"labels": {"app": "a", HASH_LABEL: "x"}, "generation": 0},
+            "spec": {"containers": [{"name": "c", "image": "i", "stdin": false, "resources": {}}], "hostIPC": false}}))
+        .expect("template");
+        let b: PodTemplateSpec = serde_json::from_value(serde_json::json!({
+            "metadata": {"labels": {"app": "a"}}, "spec": {"containers": [{"name": "c", "image": "i"}]}}))
+        .expect("template");
+        assert!(equal_ignore_hash(&a, &b));
+        assert_eq!(compute_hash(&a, None), compute_hash(&b, None));
+        let c: PodTemplateSpec = serde_json::from_value(serde_json::json!({
+            "metadata": {"labels": {"app": "a"}}, "spec": {"containers": [{"name": "c", "image": "j"}]}}))
+        .expect("template");
+        assert!(!equal_ignore_hash(&a, &c));
     }
 
     fn rs(name: &str, replicas: i32, annotations: &[(&str, &str)]) -> Rs {
