@@ -3,8 +3,8 @@
 //! (`DeletionByPodGC`) and force-deleted (grace 0) once the node has stayed missing for a
 //! quarantine and a live read confirms it (`gcOrphaned`); terminating pods that were never
 //! scheduled are force-deleted (`gcUnscheduledTerminating`). Watch-driven, with a slow full pass.
-//! Left out: the terminated-pod threshold (`gcTerminated`, off by default upstream) and pods on
-//! out-of-service nodes (`gcTerminating`).
+//! Left out: deleting terminated pods beyond `--terminated-pod-gc-threshold` (`gcTerminated`,
+//! 12,500 upstream) and terminating pods on out-of-service nodes (`gcTerminating`).
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Pod, PodCondition};
