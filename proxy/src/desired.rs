@@ -198,7 +198,11 @@ fn drop_loops(routes: &mut BTreeMap<Listen, RouteSpec>) {
 
 /// The health check of a Service with a `healthCheckNodePort` (`service_health.go`): the number
 /// of distinct ready endpoint IPs on this node, across all its ports.
-fn service_health(service: &Service, slices: &[&EndpointSlice], node: Node<'_>) -> Option<(u16, ServiceHealth)> {
+pub(crate) fn service_health(
+    service: &Service,
+    slices: &[&EndpointSlice],
+    node: Node<'_>,
+) -> Option<(u16, ServiceHealth)> {
     let spec = service.spec.as_ref()?;
     let port = spec.health_check_node_port.and_then(|p| u16::try_from(p).ok()).filter(|p| *p != 0)?;
     if spec.type_.as_deref() != Some("LoadBalancer") || spec.external_traffic_policy.as_deref() != Some("Local") {
@@ -226,7 +230,7 @@ pub const PROXY_NAME_LABEL: &str = "service.kubernetes.io/service-proxy-name";
 pub const LABEL_SELECTOR: &str = "!service.kubernetes.io/service-proxy-name,!service.kubernetes.io/headless";
 
 /// The routes of one Service, with non-empty endpoint sets.
-fn service_routes(
+pub(crate) fn service_routes(
     service: &Service,
     slices: &[&EndpointSlice],
     node: Node<'_>,
@@ -338,4 +342,4 @@ fn service_routes(
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

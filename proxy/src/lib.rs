@@ -28,6 +28,7 @@ pub mod desired;
 pub mod endpoints;
 mod events;
 mod health;
+pub mod incremental;
 mod listener;
 mod sync;
 mod tcp;
@@ -57,6 +58,7 @@ pub struct ProxyConfig {
     /// (unanswered first) of the listener it reaches.
     pub udp_max_flows: usize,
     /// A pause after each change before recomputing, so a burst of events is applied at once.
+    /// Zero by default: events that arrive during a pass are applied together by the next one.
     pub min_sync_interval: Duration,
     /// Addresses served by something else in this process (the cluster DNS on the kube-dns
     /// ClusterIP): the proxy leaves them alone, TCP and UDP.
@@ -74,7 +76,7 @@ impl Default for ProxyConfig {
             connect_timeout: Duration::from_secs(3),
             udp_idle_timeout: Duration::from_secs(30),
             udp_max_flows: 1024,
-            min_sync_interval: Duration::from_millis(5),
+            min_sync_interval: Duration::ZERO,
             reserved: Vec::new(),
             healthz_listen: None,
         }

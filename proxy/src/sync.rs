@@ -1,33 +1,36 @@
-//! The sync loop: reflectors over Services, EndpointSlices and this Node; on every change the
-//! desired state is recomputed and only the difference applied (new listeners opened, gone ones
-//! closed, changed endpoint sets swapped in for new connections), as `proxier.go::syncProxyRules`.
+//! The sync loop: watchers over Services, EndpointSlices and this Node feed one queue; each pass
+//! applies every queued event to the incremental desired state, which recomputes only the
+//! Services they touch, and the listeners that changed are opened, closed or given new endpoints
+//! (kube-proxy's change trackers + `syncProxyRules`, without its periodic full resync).
 
 use crate::affinity::Affinity;
 use crate::balance::Route;
-use crate::desired::{self, Conflict, Desired, Listen, RouteSpec, ServicePortName};
+use crate::desired::{Conflict, LABEL_SELECTOR, Listen, RouteSpec, ServicePortName};
 use crate::endpoints::ZONE_LABEL;
 use crate::events::Events;
 use crate::health::{ProxyHealth, ServiceHealth, ServiceHealthServers, TO_BE_DELETED_TAINT};
+use crate::incremental::{Change, Incremental, Key};
 use crate::listener::{Listener, Shared};
 use crate::{ProxyConfig, ProxyError};
-use futures::{Stream, StreamExt};
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Api;
-use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{Notify, watch};
+use tokio::sync::{mpsc, watch};
 
-/// The listeners in effect and what they were built from.
+/// The listeners in effect.
 #[derive(Default)]
 struct Applied {
     listeners: HashMap<Listen, Active>,
-    /// One table per Service port with affinity, shared by its listeners.
-    affinity: HashMap<ServicePortName, Arc<Affinity>>,
-    conflicts: Vec<Conflict>,
+    /// One table per Service port and timeout, shared by its listeners (with a count of them),
+    /// so ClusterIP and NodePort agree.
+    affinity: HashMap<(ServicePortName, Duration), (Arc<Affinity>, usize)>,
+    /// The conflicts reported, per listener.
+    conflicts: HashMap<Listen, Vec<Conflict>>,
 }
 
 struct Active {
@@ -36,7 +39,15 @@ struct Active {
     _listener: Listener,
 }
 
-/// Starts the reflectors; the returned future runs the loop (after the first complete lists).
+/// One watch event, from whichever watcher. (Sizes differ, but each lives only in the queue.)
+#[allow(clippy::large_enum_variant)]
+enum Update {
+    Service(watcher::Event<Service>),
+    Slice(watcher::Event<EndpointSlice>),
+    Node(watcher::Event<Node>),
+}
+
+/// Starts the watchers; the returned future runs the loop.
 pub(crate) async fn start(
     client: kube::Client,
     config: ProxyConfig,
@@ -50,37 +61,142 @@ pub(crate) async fn start(
     // Fail fast when the API cannot be reached or read, rather than retrying silently forever.
     services.list_metadata(&kube::api::ListParams::default().limit(1)).await?;
 
-    let changed = Arc::new(Notify::new());
     let mut health_servers =
         ServiceHealthServers::new(config.node_ips.clone(), health.clone(), health_bind_failures(shared.events.clone()));
-    let selector = watcher::Config::default().labels(desired::LABEL_SELECTOR);
+    let selector = watcher::Config::default().labels(LABEL_SELECTOR);
     let node_selector = watcher::Config::default().fields(&format!("metadata.name={}", config.node_name));
-    let (service_store, w1) = reflect(services, selector.clone(), &changed, &health);
-    let (slice_store, w2) = reflect(slices, selector, &changed, &health);
-    let (node_store, w3) = reflect(nodes, node_selector, &changed, &health);
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let watchers = [
+        tokio::spawn(forward(services, selector.clone(), tx.clone(), health.clone(), Update::Service)),
+        tokio::spawn(forward(slices, selector, tx.clone(), health.clone(), Update::Slice)),
+        tokio::spawn(forward(nodes, node_selector, tx, health.clone(), Update::Node)),
+    ];
     Ok(async move {
-        let watchers = [tokio::spawn(w1), tokio::spawn(w2), tokio::spawn(w3)];
         let _abort = AbortAll(watchers);
-        if service_store.wait_until_ready().await.is_err() || slice_store.wait_until_ready().await.is_err() {
-            return;
-        }
+        let mut state = State::new(&config);
         let mut applied = Applied::default();
-        loop {
-            let node = node_store.state().into_iter().find(|n| n.metadata.name.as_deref() == Some(&config.node_name));
-            let zone = node.as_ref().and_then(|n| n.metadata.labels.as_ref()?.get(ZONE_LABEL).cloned());
-            health.set_node_eligible(node.as_deref().is_none_or(eligible));
-            let node = desired::Node { name: &config.node_name, zone: zone.as_deref(), ips: &config.node_ips };
-            let mut want = desired::desired(&service_store.state(), &slice_store.state(), node);
-            want.routes.retain(|listen, _| !config.reserved.contains(&listen.addr));
-            health_servers.apply(&want.health);
-            applied.apply(want, &shared);
+        while let Some(first) = rx.recv().await {
+            state.handle(first);
+            // Everything already queued goes into this pass.
+            while let Ok(next) = rx.try_recv() {
+                state.handle(next);
+            }
+            if !state.listed() {
+                continue; // the first complete lists come before the first pass
+            }
+            let flushed = state.incremental.flush();
+            health.set_node_eligible(state.node_eligible);
+            health_servers.apply(&state.incremental.health());
+            let changes = flushed.changes.into_iter().filter(|(l, _)| !config.reserved.contains(&l.addr)).collect();
+            applied.apply_changes(changes, &shared);
+            applied.report_conflicts(&flushed.affected, state.incremental.conflicts_on(&flushed.affected), &shared);
             health.updated();
             synced.send_replace(true);
-            changed.notified().await;
-            // Let a burst of events (a Service and its slices) land before the next pass.
-            tokio::time::sleep(config.min_sync_interval).await;
         }
     })
+}
+
+/// Watches `api` and forwards its events (wrapped by `wrap`) until the loop is gone.
+async fn forward<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    tx: mpsc::UnboundedSender<Update>,
+    health: Arc<ProxyHealth>,
+    wrap: fn(watcher::Event<K>) -> Update,
+) where
+    K: kube::Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+{
+    let mut events = std::pin::pin!(watcher(api, config).default_backoff());
+    while let Some(event) = events.next().await {
+        match event {
+            Ok(e) => {
+                health.queued();
+                if tx.send(wrap(e)).is_err() {
+                    return;
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "watch failed; retrying"),
+        }
+    }
+}
+
+/// What the loop knows: the incremental desired state, relist bookkeeping and the node.
+struct State {
+    incremental: Incremental,
+    node_name: String,
+    node_eligible: bool,
+    /// Keys seen since a relist began (Services, slices); `None` outside a relist.
+    relisting: (Option<HashSet<Key>>, Option<HashSet<Key>>),
+    /// Whether Services and slices have each been listed once.
+    listed_once: (bool, bool),
+}
+
+fn key<K: kube::Resource>(o: &K) -> Key {
+    (o.meta().namespace.clone().unwrap_or_default(), o.meta().name.clone().unwrap_or_default())
+}
+
+impl State {
+    fn new(config: &ProxyConfig) -> Self {
+        Self {
+            incremental: Incremental::new(&config.node_name, config.node_ips.clone()),
+            node_name: config.node_name.clone(),
+            node_eligible: true,
+            relisting: (None, None),
+            listed_once: (false, false),
+        }
+    }
+
+    fn listed(&self) -> bool {
+        self.listed_once.0 && self.listed_once.1
+    }
+
+    fn handle(&mut self, update: Update) {
+        let inc = &mut self.incremental;
+        match update {
+            Update::Service(e) => match e {
+                watcher::Event::Init => self.relisting.0 = Some(HashSet::new()),
+                watcher::Event::InitApply(s) => {
+                    self.relisting.0.get_or_insert_default().insert(key(&s));
+                    inc.apply_service(Arc::new(s));
+                }
+                watcher::Event::Apply(s) => inc.apply_service(Arc::new(s)),
+                watcher::Event::Delete(s) => inc.delete_service(&key(&s)),
+                watcher::Event::InitDone => {
+                    let seen = self.relisting.0.take().unwrap_or_default();
+                    for gone in inc.keys().0.into_iter().filter(|k| !seen.contains(k)) {
+                        inc.delete_service(&gone);
+                    }
+                    self.listed_once.0 = true;
+                }
+            },
+            Update::Slice(e) => match e {
+                watcher::Event::Init => self.relisting.1 = Some(HashSet::new()),
+                watcher::Event::InitApply(s) => {
+                    self.relisting.1.get_or_insert_default().insert(key(&s));
+                    inc.apply_slice(Arc::new(s));
+                }
+                watcher::Event::Apply(s) => inc.apply_slice(Arc::new(s)),
+                watcher::Event::Delete(s) => inc.delete_slice(&key(&s)),
+                watcher::Event::InitDone => {
+                    let seen = self.relisting.1.take().unwrap_or_default();
+                    for gone in inc.keys().1.into_iter().filter(|k| !seen.contains(k)) {
+                        inc.delete_slice(&gone);
+                    }
+                    self.listed_once.1 = true;
+                }
+            },
+            Update::Node(e) => match e {
+                watcher::Event::Apply(n) | watcher::Event::InitApply(n)
+                    if n.metadata.name.as_deref() == Some(&self.node_name) =>
+                {
+                    inc.set_zone(n.metadata.labels.as_ref().and_then(|l| l.get(ZONE_LABEL)).cloned());
+                    self.node_eligible = eligible(&n);
+                }
+                watcher::Event::Delete(_) => self.node_eligible = true,
+                _ => {}
+            },
+        }
+    }
 }
 
 /// Whether a node may take traffic: not being deleted, not tainted for removal (`proxy_health.go`).
@@ -113,103 +229,92 @@ impl<const N: usize> Drop for AbortAll<N> {
     }
 }
 
-/// A store kept by a watcher, and the future driving it (which pokes `changed` on each event).
-fn reflect<K>(
-    api: Api<K>,
-    config: watcher::Config,
-    changed: &Arc<Notify>,
-    health: &Arc<ProxyHealth>,
-) -> (Store<K>, impl Future<Output = ()> + use<K>)
-where
-    K: kube::Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
-{
-    let (store, writer) = reflector::store();
-    let stream = reflector::reflector(writer, watcher(api, config).default_backoff());
-    let changed = changed.clone();
-    (store, drive(stream, changed, health.clone()))
-}
-
-async fn drive<S, T>(stream: S, changed: Arc<Notify>, health: Arc<ProxyHealth>)
-where
-    S: Stream<Item = Result<T, watcher::Error>>,
-{
-    let mut stream = std::pin::pin!(stream);
-    while let Some(event) = stream.next().await {
-        if let Err(e) = event {
-            tracing::warn!(error = %e, "watch failed; retrying");
-        }
-        health.queued();
-        changed.notify_one();
-    }
-}
-
 impl Applied {
-    /// Makes the running listeners match `want`, touching only what differs.
-    fn apply(&mut self, want: Desired, shared: &Shared) {
-        let Desired { routes, conflicts, health: _ } = want;
-        self.listeners.retain(|listen, _| {
-            let keep = routes.contains_key(listen);
-            if !keep {
-                tracing::debug!(%listen, "closing listener");
-            }
-            keep
-        });
-        // Affinity tables: kept while the Service port keeps the same timeout.
-        let mut wanted_affinity: BTreeMap<&ServicePortName, Duration> = BTreeMap::new();
-        for spec in routes.values() {
-            if let Some(t) = spec.affinity {
-                wanted_affinity.insert(&spec.service, t);
+    /// Makes the running listeners match a complete desired set (tests; the loop uses changes).
+    #[cfg(test)]
+    fn apply(&mut self, want: crate::desired::Desired, shared: &Shared) {
+        let mut changes: Vec<Change> =
+            self.listeners.keys().filter(|l| !want.routes.contains_key(l)).map(|l| (*l, None)).collect();
+        for (listen, spec) in want.routes {
+            if self.listeners.get(&listen).is_none_or(|a| a.spec != spec) {
+                changes.push((listen, Some(spec)));
             }
         }
-        self.affinity.retain(|name, table| wanted_affinity.get(name) == Some(&table.timeout()));
-        for (name, timeout) in wanted_affinity {
-            self.affinity.entry(name.clone()).or_insert_with(|| Arc::new(Affinity::new(timeout)));
-        }
+        self.apply_changes(changes, shared);
+    }
 
-        for (listen, spec) in routes {
-            let affinity = spec.affinity.and_then(|_| self.affinity.get(&spec.service).cloned());
-            let route = || {
-                Arc::new(Route {
-                    service: spec.service.clone(),
-                    endpoints: spec.endpoints.clone(),
-                    affinity: affinity.clone(),
-                    sources: spec.sources.clone(),
-                })
+    /// Opens, updates and closes listeners as `changes` say; nothing else is touched.
+    fn apply_changes(&mut self, changes: Vec<Change>, shared: &Shared) {
+        for (listen, next) in changes {
+            if let Some(old) =
+                self.listeners.get(&listen).and_then(|a| a.spec.affinity.map(|t| (a.spec.service.clone(), t)))
+            {
+                self.release_affinity(&old);
+            }
+            let Some(spec) = next else {
+                tracing::debug!(%listen, "closing listener");
+                self.listeners.remove(&listen);
+                continue;
             };
+            let affinity = spec.affinity.map(|t| self.acquire_affinity(spec.service.clone(), t));
+            let route = Arc::new(Route {
+                service: spec.service.clone(),
+                endpoints: spec.endpoints.clone(),
+                affinity,
+                sources: spec.sources.clone(),
+            });
             match self.listeners.get_mut(&listen) {
-                Some(active) if active.spec == spec && same_table(&active.route.borrow().affinity, &affinity) => {}
                 Some(active) => {
-                    tracing::debug!(%listen, endpoints = ?spec.endpoints, "endpoints changed");
-                    active.route.send_replace(route());
+                    tracing::debug!(%listen, endpoints = ?spec.endpoints, "route changed");
+                    active.route.send_replace(route);
                     active.spec = spec;
                 }
                 None => {
                     tracing::debug!(%listen, service = %spec.service, "opening listener");
-                    let (tx, rx) = watch::channel(route());
+                    let (tx, rx) = watch::channel(route);
                     let listener = Listener::spawn(listen, rx, shared);
                     self.listeners.insert(listen, Active { spec, route: tx, _listener: listener });
                 }
             }
         }
+    }
 
-        for c in &conflicts {
-            if !self.conflicts.contains(c) {
+    fn acquire_affinity(&mut self, service: ServicePortName, timeout: Duration) -> Arc<Affinity> {
+        let entry = self.affinity.entry((service, timeout)).or_insert_with(|| (Arc::new(Affinity::new(timeout)), 0));
+        entry.1 += 1;
+        entry.0.clone()
+    }
+
+    fn release_affinity(&mut self, key: &(ServicePortName, Duration)) {
+        if let Some(entry) = self.affinity.get_mut(key) {
+            entry.1 -= 1;
+            if entry.1 == 0 {
+                self.affinity.remove(key);
+            }
+        }
+    }
+
+    /// Reports conflicts on `listens` that were not reported before, as Events on the Service
+    /// that lost.
+    fn report_conflicts(&mut self, listens: &[Listen], now: Vec<Conflict>, shared: &Shared) {
+        let mut by_listen: HashMap<Listen, Vec<Conflict>> = HashMap::new();
+        for c in now {
+            by_listen.entry(c.listen).or_default().push(c);
+        }
+        for listen in listens {
+            let current = by_listen.remove(listen).unwrap_or_default();
+            let before = self.conflicts.remove(listen).unwrap_or_default();
+            for c in current.iter().filter(|c| !before.contains(c)) {
                 let note = format!("{} is already used by {}; the older Service keeps it", c.listen, c.kept);
                 match &shared.events {
                     Some(events) => events.warn(&c.dropped.namespace, &c.dropped.name, "AddressConflict", note),
                     None => tracing::warn!(dropped = %c.dropped, "{note}"),
                 }
             }
+            if !current.is_empty() {
+                self.conflicts.insert(*listen, current);
+            }
         }
-        self.conflicts = conflicts;
-    }
-}
-
-fn same_table(a: &Option<Arc<Affinity>>, b: &Option<Arc<Affinity>>) -> bool {
-    match (a, b) {
-        (None, None) => true,
-        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
-        _ => false,
     }
 }
 
@@ -218,8 +323,10 @@ mod tests {
     use super::*;
     use crate::connect::TcpConnect;
     use crate::desired::Class;
+    use crate::desired::Desired;
     use crate::endpoints::Protocol;
     use crate::udp::UdpSettings;
+    use std::collections::BTreeMap;
     use std::net::SocketAddr;
     use tokio::sync::Semaphore;
 

@@ -10,14 +10,15 @@ use k8s_openapi::api::discovery::v1::{Endpoint as SliceEndpoint, EndpointConditi
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use std::collections::BTreeMap;
 
-const NODE: &str = "node-a";
-const NODE_IPS: &[IpAddr] = &[IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), IpAddr::V6(std::net::Ipv6Addr::LOCALHOST)];
+pub(crate) const NODE: &str = "node-a";
+pub(crate) const NODE_IPS: &[IpAddr] =
+    &[IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), IpAddr::V6(std::net::Ipv6Addr::LOCALHOST)];
 
-fn node() -> Node<'static> {
+pub(crate) fn node() -> Node<'static> {
     Node { name: NODE, zone: None, ips: NODE_IPS }
 }
 
-fn service(name: &str, cluster_ip: &str, ports: Vec<ServicePort>) -> Service {
+pub(crate) fn service(name: &str, cluster_ip: &str, ports: Vec<ServicePort>) -> Service {
     Service {
         metadata: ObjectMeta { name: Some(name.into()), namespace: Some("ns".into()), ..Default::default() },
         spec: Some(ServiceSpec {
@@ -31,12 +32,12 @@ fn service(name: &str, cluster_ip: &str, ports: Vec<ServicePort>) -> Service {
     }
 }
 
-fn sport(name: &str, port: i32, protocol: &str, node_port: Option<i32>) -> ServicePort {
+pub(crate) fn sport(name: &str, port: i32, protocol: &str, node_port: Option<i32>) -> ServicePort {
     ServicePort { name: Some(name.into()), port, protocol: Some(protocol.into()), node_port, ..Default::default() }
 }
 
 /// A slice for `service` with endpoints `(ip, port, node, ready)`.
-fn slice(
+pub(crate) fn slice(
     service: &str,
     port_name: &str,
     protocol: &str,
@@ -74,14 +75,14 @@ fn slice(
     }
 }
 
-fn run(services: Vec<Service>, slices: Vec<EndpointSlice>) -> Desired {
+pub(crate) fn run(services: Vec<Service>, slices: Vec<EndpointSlice>) -> Desired {
     let services: Vec<Arc<Service>> = services.into_iter().map(Arc::new).collect();
     let slices: Vec<Arc<EndpointSlice>> = slices.into_iter().map(Arc::new).collect();
     desired(&services, &slices, node())
 }
 
 /// The routes as `addr/proto → [endpoints]` strings, for compact assertions.
-fn table(d: &Desired) -> Vec<String> {
+pub(crate) fn table(d: &Desired) -> Vec<String> {
     d.routes
         .iter()
         .map(|(l, r)| {
@@ -91,7 +92,7 @@ fn table(d: &Desired) -> Vec<String> {
         .collect()
 }
 
-fn spec(s: &mut Service) -> &mut ServiceSpec {
+pub(crate) fn spec(s: &mut Service) -> &mut ServiceSpec {
     s.spec.get_or_insert_with(Default::default)
 }
 
