@@ -75,8 +75,9 @@ pub struct Config {
     pub service_cidr: String,
     pub pod_cidr: String,
     pub node_port_range: NodePortRange,
-    /// `--lb-pool`: where LoadBalancer ingress IPs come from, one range or one per family.
-    pub lb_pool: String,
+    /// `--lb-pool`: where LoadBalancer ingress IPs come from, one range or one per family;
+    /// `None` runs no LoadBalancer IPAM (status stays empty, as on a cluster without one).
+    pub lb_pool: Option<String>,
     pub cluster_domain: String,
     /// The cluster DNS address (UDP and TCP); `None` runs no DNS server.
     pub dns_listen: Option<SocketAddr>,
@@ -127,7 +128,7 @@ impl Config {
             service_cidr: "127.96.0.0/12".into(),
             pod_cidr: "127.244.0.0/16".into(),
             node_port_range: NodePortRange { first: 30000, last: 32767 },
-            lb_pool: "127.240.0.0/16".into(),
+            lb_pool: Some("127.240.0.0/16".into()),
             cluster_domain: "cluster.local".into(),
             dns_listen: None,
             dns_upstreams: Vec::new(),
@@ -151,7 +152,8 @@ impl Config {
 
     /// The LoadBalancer pools, parsed.
     pub fn lb_pools(&self) -> Result<Vec<Cidr>, ConfigError> {
-        self.lb_pool.split(',').map(|s| Cidr::parse("--lb-pool", s.trim())).collect()
+        let pools = self.lb_pool.as_deref().into_iter().flat_map(|p| p.split(','));
+        pools.map(|s| Cidr::parse("--lb-pool", s.trim())).collect()
     }
 
     /// The ClusterIP of `default/kubernetes`: the first address of the primary range.

@@ -168,8 +168,10 @@ impl Cluster {
         };
         builtin.ensure(&self.client).await.map_err(ClusterError::Controller)?;
         self.tasks.push(tokio::spawn(builtin.run(self.client.clone())));
-        let pools = config.lb_pools()?.iter().map(|c| lb_ipam::Pool { network: c.addr, prefix: c.prefix }).collect();
-        self.tasks.push(tokio::spawn(lb_ipam::LbIpam::new(self.client.clone(), pools).run()));
+        if config.lb_pool.is_some() {
+            let pools = config.lb_pools()?.into_iter().map(|c| lb_ipam::Pool { network: c.addr, prefix: c.prefix });
+            self.tasks.push(tokio::spawn(lb_ipam::LbIpam::new(self.client.clone(), pools.collect()).run()));
+        }
         // Endpoints, EndpointSlices and mirroring over one set of caches (pods, Services, Nodes, slices, Endpoints).
         let informers = Arc::new(endpoint_informers::Informers::new(self.client.clone()));
         let slices = endpointslice::EndpointSliceController::new(&informers, config.max_endpoints_per_slice);

@@ -50,8 +50,8 @@ struct ServeArgs {
     /// The NodePort range.
     #[arg(long, value_name = "FIRST-LAST", default_value = "30000-32767")]
     node_port_range: NodePortRange,
-    /// Where LoadBalancer ingress IPs come from (one range, or an IPv4 and an IPv6 one).
-    #[arg(long, value_name = "CIDR[,CIDR]", default_value = "127.240.0.0/16")]
+    /// Where LoadBalancer ingress IPs come from (one range, or an IPv4 and an IPv6 one), or `none`.
+    #[arg(long, value_name = "CIDR[,CIDR]|none", default_value = "127.240.0.0/16")]
     lb_pool: String,
     /// The cluster DNS domain.
     #[arg(long, value_name = "DOMAIN", default_value = "cluster.local")]
@@ -165,7 +165,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         service_cidr: args.service_cidr,
         pod_cidr: args.pod_cidr,
         node_port_range: args.node_port_range,
-        lb_pool: args.lb_pool,
+        lb_pool: (args.lb_pool != "none").then_some(args.lb_pool),
         cluster_domain: args.cluster_domain,
         dns_listen: None,
         dns_upstreams: args.dns_upstream,

@@ -52,7 +52,7 @@ impl Fx {
         let config = Config {
             service_cidr: format!("127.97.{n}.0/24"),
             node_port_range: NodePortRange { first, last: first + 19 },
-            lb_pool: format!("127.241.{n}.0/24"),
+            lb_pool: Some(format!("127.241.{n}.0/24")),
             proxy: Some(proxy),
             ..Config::ephemeral()
         };
@@ -764,7 +764,7 @@ async fn load_balancer_ips_survive_a_restart() {
         data_dir: Some(dir.path().to_path_buf()),
         service_cidr: "127.97.14.0/24".into(),
         node_port_range: NodePortRange { first: 31280, last: 31299 },
-        lb_pool: "127.241.14.0/24".into(),
+        lb_pool: Some("127.241.14.0/24".into()),
         ..Config::ephemeral()
     };
     let mut assigned = Vec::new();

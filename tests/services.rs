@@ -53,7 +53,10 @@ impl Fx {
         Self::with(Config::ephemeral()).await
     }
 
+    /// These tests are about the API's own rules: no LoadBalancer implementation writes status
+    /// behind their back (as on a cluster without one).
     async fn with(config: Config) -> Self {
+        let config = Config { lb_pool: None, ..config };
         let cluster = Cluster::start_with(config).await.expect("cluster starts");
         let client = cluster.client();
         let baseline = cluster.service_allocations();
