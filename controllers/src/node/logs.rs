@@ -2,6 +2,8 @@
 //! `pkg/kubelet/kuberuntime/logs/logs.go` over CRI log files). One file per container instance,
 //! `<root>/<ns>_<pod>_<uid>/<container>/<restartCount>.log`, each line a CRI record:
 //! `<RFC3339Nano> <stdout|stderr> <F|P> <content>` (`P` for a piece of a line longer than 16 KiB).
+//! A file that reaches 10 MiB is rotated to `<n>.log.1` (the kubelet's `containerLogMaxSize`;
+//! one rotated file is kept, where the kubelet keeps four).
 
 use bytes::Bytes;
 use futures::stream::BoxStream;
@@ -18,6 +20,9 @@ use tokio::sync::{mpsc, watch};
 
 /// Longest content of one record; longer lines are split into partial records, as the CRI does.
 const MAX_RECORD: usize = 16 * 1024;
+
+/// Size at which a log file is rotated (`containerLogMaxSize`).
+const MAX_FILE: u64 = 10 * 1024 * 1024;
 
 /// A log stream: the bytes `kubectl logs` prints.
 pub type LogStream = BoxStream<'static, std::io::Result<Bytes>>;
@@ -74,18 +79,49 @@ impl PodKey {
 struct Progress {
     written: u64,
     done: bool,
+    /// Bumped at each rotation: a follower then finishes the file it has and opens the new one.
+    rotations: u64,
+}
+
+/// The file being written and its size.
+struct Writing {
+    file: Option<std::fs::File>,
+    size: u64,
 }
 
 struct InstanceLog {
     path: PathBuf,
     pod_uid: String,
-    file: Mutex<Option<std::fs::File>>,
+    max_file: u64,
+    writing: Mutex<Writing>,
     progress: watch::Sender<Progress>,
+}
+
+impl InstanceLog {
+    fn rotated(&self) -> PathBuf {
+        let mut p = self.path.clone().into_os_string();
+        p.push(".1");
+        PathBuf::from(p)
+    }
+
+    fn writing(&self) -> std::sync::MutexGuard<'_, Writing> {
+        self.writing.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Opens (rotated file if any, current file) and notes the rotation count, all under the
+    /// writer's lock so no rotation falls in between.
+    fn open(&self) -> std::io::Result<(Option<std::fs::File>, std::fs::File, u64)> {
+        let _w = self.writing();
+        let rotated = std::fs::File::open(self.rotated()).ok();
+        let current = std::fs::File::open(&self.path)?;
+        Ok((rotated, current, self.progress.borrow().rotations))
+    }
 }
 
 struct Inner {
     root: PathBuf,
     temporary: bool,
+    max_file: u64,
     instances: Mutex<HashMap<String, Arc<InstanceLog>>>,
 }
 
@@ -137,7 +173,20 @@ impl LogStore {
     }
 
     fn with_root(root: PathBuf, temporary: bool) -> Self {
-        LogStore { inner: Arc::new(Inner { root, temporary, instances: Mutex::new(HashMap::new()) }) }
+        LogStore {
+            inner: Arc::new(Inner { root, temporary, max_file: MAX_FILE, instances: Mutex::new(HashMap::new()) }),
+        }
+    }
+
+    /// The same store rotating files at `bytes` (tests).
+    pub fn with_max_file_size(self, bytes: u64) -> Self {
+        match Arc::try_unwrap(self.inner) {
+            Ok(mut inner) => {
+                inner.max_file = bytes;
+                LogStore { inner: Arc::new(inner) }
+            }
+            Err(inner) => LogStore { inner },
+        }
     }
 
     pub fn root(&self) -> &Path {
@@ -160,10 +209,12 @@ impl LogStore {
         std::fs::create_dir_all(&dir)?;
         let path = dir.join(format!("{attempt}.log"));
         let file = std::fs::File::create(&path)?;
+        let _ = std::fs::remove_file(dir.join(format!("{attempt}.log.1")));
         let log = Arc::new(InstanceLog {
             path,
             pod_uid: pod.uid.clone(),
-            file: Mutex::new(Some(file)),
+            max_file: self.inner.max_file,
+            writing: Mutex::new(Writing { file: Some(file), size: 0 }),
             progress: watch::Sender::new(Progress::default()),
         });
         self.instances().insert(container_id.to_string(), log.clone());
@@ -179,6 +230,7 @@ impl LogStore {
     pub fn remove(&self, container_id: &str) {
         if let Some(log) = self.instances().remove(container_id) {
             let _ = std::fs::remove_file(&log.path);
+            let _ = std::fs::remove_file(log.rotated());
         }
     }
 
@@ -192,7 +244,11 @@ impl LogStore {
     /// `FallbackToLogsOnError` termination message.
     pub fn tail_text(&self, container_id: &str, lines: usize, bytes: usize) -> String {
         let Some(log) = self.instances().get(container_id).cloned() else { return String::new() };
-        let Ok(data) = std::fs::read(&log.path) else { return String::new() };
+        let Ok((rotated, current, _)) = log.open() else { return String::new() };
+        let mut data = Vec::new();
+        for mut f in rotated.into_iter().chain([current]) {
+            let _ = std::io::Read::read_to_end(&mut f, &mut data);
+        }
         let mut out: VecDeque<Vec<u8>> = VecDeque::new();
         let mut current = Vec::new();
         for line in data.split_inclusive(|b| *b == b'\n') {
@@ -216,10 +272,10 @@ impl LogStore {
     pub async fn read(&self, container_id: &str, opts: ReadOptions) -> Result<LogStream, LogError> {
         let log = self.instances().get(container_id).cloned().ok_or_else(|| LogError::NotFound(container_id.into()))?;
         let progress = log.progress.subscribe();
-        let file = tokio::fs::File::open(&log.path).await?;
+        let files = log.open()?;
         let (tx, rx) = mpsc::channel::<std::io::Result<Bytes>>(16);
         tokio::spawn(async move {
-            if let Err(e) = pump(file, progress, opts, &tx).await {
+            if let Err(e) = pump(log, files, progress, opts, &tx).await {
                 let _ = tx.send(Err(e)).await;
             }
         });
@@ -299,7 +355,8 @@ impl Sink<'_> {
 }
 
 async fn pump(
-    file: tokio::fs::File,
+    log: Arc<InstanceLog>,
+    (rotated, current, mut rotations): (Option<std::fs::File>, std::fs::File, u64),
     mut progress: watch::Receiver<Progress>,
     opts: ReadOptions,
     tx: &mpsc::Sender<std::io::Result<Bytes>>,
@@ -309,36 +366,50 @@ async fn pump(
     if sink.left == Some(0) {
         return Ok(());
     }
-    let mut reader = BufReader::new(file);
-    let mut pending = Vec::new();
     // With tailLines, what is there at first is held back to keep only the last records.
     let mut tail: Option<VecDeque<Vec<u8>>> = opts.tail_lines.map(|_| VecDeque::new());
     let keep = opts.tail_lines.unwrap_or(0);
+    let mut pending = Vec::new();
+    if let Some(f) = rotated {
+        let mut reader = BufReader::new(tokio::fs::File::from_std(f));
+        if !read_records(&mut reader, &mut pending, &mut tail, keep, &mut sink).await? {
+            return Ok(());
+        }
+        pending.clear();
+    }
+    let mut reader = BufReader::new(tokio::fs::File::from_std(current));
     let mut writer_gone = false;
     loop {
         // Seen before reading: if the instance had ended, what follows is all there is.
-        let done = progress.borrow_and_update().done || writer_gone;
-        // A record cut short at the end stays in `pending` until the rest is written.
-        while reader.read_until(b'\n', &mut pending).await? > 0 {
-            if !pending.ends_with(b"\n") {
-                continue;
-            }
-            let line = std::mem::take(&mut pending);
-            match tail.as_mut() {
-                Some(records) => {
-                    records.push_back(line);
-                    if records.len() as u64 > keep {
-                        records.pop_front();
-                    }
-                }
-                None if !sink.send(&line).await => return Ok(()),
-                None => {}
-            }
+        let seen = *progress.borrow_and_update();
+        let done = seen.done || writer_gone;
+        if !read_records(&mut reader, &mut pending, &mut tail, keep, &mut sink).await? {
+            return Ok(());
         }
         for line in tail.take().into_iter().flatten() {
             if !sink.send(&line).await {
                 return Ok(());
             }
+        }
+        if seen.rotations != rotations {
+            // The file in hand was rotated away, complete: finish it, then go on in the new one.
+            if !read_records(&mut reader, &mut pending, &mut tail, keep, &mut sink).await? {
+                return Ok(());
+            }
+            pending.clear();
+            let (between, file, now) = log.open()?;
+            // Rotated more than once meanwhile: the `.1` file is the one after ours (any
+            // older are gone, as on a node whose follower falls behind).
+            if let Some(f) = between.filter(|_| now - rotations >= 2) {
+                let mut r = BufReader::new(tokio::fs::File::from_std(f));
+                if !read_records(&mut r, &mut pending, &mut tail, keep, &mut sink).await? {
+                    return Ok(());
+                }
+                pending.clear();
+            }
+            reader = BufReader::new(tokio::fs::File::from_std(file));
+            rotations = now;
+            continue;
         }
         if !opts.follow || done {
             return Ok(());
@@ -347,6 +418,34 @@ async fn pump(
             writer_gone = true;
         }
     }
+}
+
+/// Reads whole records to the end of what is written (a record cut short stays in `pending`),
+/// into the tail window or the sink; `false` when the reader is done.
+async fn read_records(
+    reader: &mut BufReader<tokio::fs::File>,
+    pending: &mut Vec<u8>,
+    tail: &mut Option<VecDeque<Vec<u8>>>,
+    keep: u64,
+    sink: &mut Sink<'_>,
+) -> std::io::Result<bool> {
+    while reader.read_until(b'\n', pending).await? > 0 {
+        if !pending.ends_with(b"\n") {
+            continue;
+        }
+        let line = std::mem::take(pending);
+        match tail.as_mut() {
+            Some(records) => {
+                records.push_back(line);
+                if records.len() as u64 > keep {
+                    records.pop_front();
+                }
+            }
+            None if !sink.send(&line).await => return Ok(false),
+            None => {}
+        }
+    }
+    Ok(true)
 }
 
 /// Writes one container instance's log.
@@ -363,10 +462,24 @@ impl LogWriter {
         let _ = write!(rec, "{} {} {} ", now, pipe.name(), if full { "F" } else { "P" });
         rec.extend_from_slice(content);
         rec.push(b'\n');
-        let mut file = self.log.file.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(f) = file.as_mut()
+        let mut w = self.log.writing();
+        if w.size > 0 && w.size + rec.len() as u64 > self.log.max_file && w.file.is_some() {
+            // Rotate: the full file becomes `.1` (replacing the one before), writing starts anew.
+            let rotated = std::fs::rename(&self.log.path, self.log.rotated())
+                .and_then(|()| std::fs::File::create(&self.log.path));
+            match rotated {
+                Ok(f) => {
+                    w.file = Some(f);
+                    w.size = 0;
+                    self.log.progress.send_modify(|p| p.rotations += 1);
+                }
+                Err(e) => tracing::warn!(path = %self.log.path.display(), error = %e, "rotating a container log"),
+            }
+        }
+        if let Some(f) = w.file.as_mut()
             && f.write_all(&rec).is_ok()
         {
+            w.size += rec.len() as u64;
             self.log.progress.send_modify(|p| p.written += rec.len() as u64);
         }
     }
@@ -399,8 +512,7 @@ impl LogWriter {
 
     /// Marks the instance's output as ended: followers stop at the end of the file.
     pub fn finish(&self) {
-        let mut file = self.log.file.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(f) = file.take() {
+        if let Some(f) = self.log.writing().file.take() {
             let _ = f.sync_data();
         }
         self.log.progress.send_modify(|p| p.done = true);
@@ -616,5 +728,33 @@ mod tests {
             log_container_id(&creating, "c", false),
             Err("container \"c\" in pod \"p\" is waiting to start: ContainerCreating".into())
         );
+    }
+    #[tokio::test]
+    async fn files_rotate_and_readers_span_them() {
+        let store = LogStore::temporary().expect("store").with_max_file_size(100);
+        let w = store.create(&pod(), "c", 0, "id0").expect("create");
+        let mut follow = store.read("id0", ReadOptions { follow: true, ..Default::default() }).await.expect("log");
+        let lines: Vec<String> = (0..6).map(|i| format!("line-{i}")).collect();
+        // Each record is ~45 bytes: two per file.
+        for l in &lines {
+            w.write(Pipe::Stdout, l.as_bytes(), true);
+        }
+        assert!(store.root().join("ns_p_u1/c/0.log.1").exists());
+        let now = collect(&store, "id0", ReadOptions::default()).await;
+        assert_eq!(now, "line-2\nline-3\nline-4\nline-5\n", "the current and the rotated file");
+        assert_eq!(
+            collect(&store, "id0", ReadOptions { tail_lines: Some(3), ..Default::default() }).await,
+            "line-3\nline-4\nline-5\n"
+        );
+        w.finish();
+        let mut seen = Vec::new();
+        while let Some(c) = tokio::time::timeout(Duration::from_secs(5), follow.next()).await.expect("in time") {
+            seen.extend_from_slice(&c.expect("chunk"));
+        }
+        let seen = String::from_utf8(seen).expect("utf8");
+        // A follower that started first reads across rotations without losing or repeating lines.
+        assert_eq!(seen, lines.iter().map(|l| format!("{l}\n")).collect::<String>());
+        store.remove("id0");
+        assert!(!store.root().join("ns_p_u1/c/0.log.1").exists());
     }
 }
