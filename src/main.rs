@@ -69,6 +69,9 @@ struct ServeArgs {
     /// Run no service proxy (ClusterIPs and NodePorts then answer nothing).
     #[arg(long)]
     no_proxy: bool,
+    /// The addresses NodePorts answer on (default: the node IP).
+    #[arg(long, value_name = "IP[,IP]", value_delimiter = ',')]
+    nodeport_addresses: Vec<IpAddr>,
     /// Where the proxy serves `/healthz` and `/livez`, or `none`.
     #[arg(long, value_name = "ADDR|none", default_value = "127.0.0.1:10256")]
     proxy_healthz_listen: OptionalAddr,
@@ -158,6 +161,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         None => kplane_apiserver::auth::default_kubeconfig_path()
             .context("cannot find a place for the kubeconfig; pass --kubeconfig")?,
     };
+    let node_name = args.node_name.unwrap_or_else(|| kplane::NodeConfig::default().name);
     let config = Config {
         data_dir,
         listen: Some(args.listen),
@@ -170,15 +174,20 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         dns_listen: None,
         dns_upstreams: args.dns_upstream,
         dns_ttl: args.dns_ttl,
+        // The proxy is this node's: `Local` traffic policies mean endpoints on the agent's Node,
+        // and NodePorts answer on its IP.
         proxy: (!args.no_proxy).then(|| kplane::ProxyConfig {
+            node_name: node_name.clone(),
+            node_ips: if args.nodeport_addresses.is_empty() {
+                vec![args.node_ip]
+            } else {
+                args.nodeport_addresses.clone()
+            },
             healthz_listen: args.proxy_healthz_listen.0,
             ..kplane::ProxyConfig::default()
         }),
         max_endpoints_per_slice: args.max_endpoints_per_slice,
-        node: (!args.no_node_agent).then(|| {
-            let default = kplane::NodeConfig::default();
-            kplane::NodeConfig { name: args.node_name.unwrap_or(default.name), ip: args.node_ip }
-        }),
+        node: (!args.no_node_agent).then(|| kplane::NodeConfig { name: node_name.clone(), ip: args.node_ip }),
     };
     // The DNS sockets are bound before the cluster starts, so the proxy cannot take the kube-dns address first.
     let mut config = config;
@@ -273,8 +282,7 @@ async fn env(args: EnvArgs) -> anyhow::Result<()> {
         let list = api.list(&Default::default()).await.with_context(|| format!("listing Services in {ns}"))?;
         services.extend(list.items);
     }
-    let vars =
-        kplane_controllers::service_env::service_env(&services, &args.namespace, args.enable_service_links);
+    let vars = kplane_controllers::service_env::service_env(&services, &args.namespace, args.enable_service_links);
     let mut out = String::new();
     for (name, value) in vars {
         out.push_str(&format!("export {name}='{}'\n", value.replace('\'', "'\\''")));
