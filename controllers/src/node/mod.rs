@@ -33,6 +33,7 @@
 //! Readiness can also be driven from outside: a `Ready`/`ContainersReady` condition written
 //! through `/status` stays until the agent's own view of it changes.
 
+pub mod backoff;
 pub mod container_env;
 pub mod events;
 pub mod host;
@@ -46,6 +47,7 @@ pub mod register;
 pub mod runtime;
 mod schedule;
 pub mod simulated;
+pub mod spawn;
 pub mod status;
 
 use pod_ips::{Cidr, PodIps};

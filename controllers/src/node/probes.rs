@@ -303,7 +303,7 @@ async fn exec(command: &[String], target: &ProbeTarget, timeout: Duration) -> At
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         // As the runtime reports an exec that cannot start; the probe fails.
-        Err(e) => return Attempt::Failure(super::process::start_error_message(program, &e)),
+        Err(e) => return Attempt::Failure(super::spawn::start_error_message(program, &e)),
     };
     let pgid = child.id();
     let (Some(mut out), Some(mut err)) = (child.stdout.take(), child.stderr.take()) else {
@@ -322,7 +322,7 @@ async fn exec(command: &[String], target: &ProbeTarget, timeout: Duration) -> At
     let outcome = tokio::time::timeout(timeout, run).await;
     if let Some(pid) = pgid {
         // Whatever the command left behind in its group goes with it.
-        super::process::kill_group(pid, rustix::process::Signal::KILL);
+        super::spawn::kill_group(pid, rustix::process::Signal::KILL);
     }
     match outcome {
         Err(_) => Attempt::Failure(format!("command {:?} timed out", command.join(" "))),
@@ -332,6 +332,32 @@ async fn exec(command: &[String], target: &ProbeTarget, timeout: Duration) -> At
         }
         Ok((Ok(_), output)) => Attempt::Failure(String::from_utf8_lossy(&output).into_owned()),
         Ok((Err(e), _)) => Attempt::Error(e.to_string()),
+    }
+}
+
+/// Runs a lifecycle hook (`sleep`, `exec`, `httpGet`; `tcpSocket` is accepted and does
+/// nothing, as upstream) with the probes' machinery; its failure, if it failed.
+pub async fn run_hook(
+    hook: &k8s_openapi::api::core::v1::LifecycleHandler,
+    target: &ProbeTarget,
+    grace: Duration,
+) -> Option<String> {
+    if let Some(s) = &hook.sleep {
+        tokio::time::sleep(Duration::from_secs(s.seconds.max(0) as u64).min(grace)).await;
+        return None;
+    }
+    let probe = k8s_openapi::api::core::v1::Probe {
+        exec: hook.exec.clone(),
+        http_get: hook.http_get.clone(),
+        timeout_seconds: Some(i32::try_from(grace.as_secs()).unwrap_or(i32::MAX).max(1)),
+        ..Default::default()
+    };
+    if probe.exec.is_none() && probe.http_get.is_none() {
+        return None;
+    }
+    match probe_once(&probe, target).await {
+        Attempt::Success => None,
+        Attempt::Failure(why) | Attempt::Error(why) => Some(why),
     }
 }
 

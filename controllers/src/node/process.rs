@@ -5,94 +5,21 @@
 //! them (`pkg/kubelet/kuberuntime/kuberuntime_manager.go` `doBackOff`, `kubelet_pods.go`
 //! `getPhase`, `status/generate.go`, `client-go/util/flowcontrol/backoff.go`).
 
+use super::backoff::{Backoff, BackoffPolicy, go_duration};
 use super::container_env::{self, EnvLookup, NodeFacts};
 use super::logs::{LogStore, LogWriter, Pipe, PodKey};
-use super::probes::{self, ProbeKind, ProbeReport, ProbeTarget};
+use super::probes::{self, ProbeKind, ProbeReport, ProbeTarget, run_hook};
+use super::spawn::{kill_group, new_container_id, spawn, start_error_message};
 use k8s_openapi::api::core::v1::{
     Container, ContainerState, ContainerStateRunning, ContainerStateTerminated, ContainerStateWaiting, ContainerStatus,
     Pod,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use std::hash::{BuildHasher, Hasher};
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
-
-/// The kubelet's crash-loop back-off: 10 s doubling to 5 min (`MaxContainerBackOff`).
-#[derive(Debug, Clone, Copy)]
-pub struct BackoffPolicy {
-    pub initial: Duration,
-    pub max: Duration,
-}
-
-impl Default for BackoffPolicy {
-    fn default() -> Self {
-        BackoffPolicy { initial: Duration::from_secs(10), max: Duration::from_secs(300) }
-    }
-}
-
-/// One container's back-off entry, as `flowcontrol.Backoff` keeps it per container.
-#[derive(Debug, Clone)]
-pub struct Backoff {
-    policy: BackoffPolicy,
-    entry: Option<(Duration, SystemTime)>,
-}
-
-impl Backoff {
-    pub fn new(policy: BackoffPolicy) -> Self {
-        Backoff { policy, entry: None }
-    }
-
-    /// No failure for twice the maximum: the entry starts over.
-    fn expired(&self, event: SystemTime, last: SystemTime) -> bool {
-        event.duration_since(last).unwrap_or_default() > 2 * self.policy.max
-    }
-
-    /// Whether a container that finished at `finished` must still wait at `now` (`IsInBackOffSince`).
-    pub fn in_backoff_since(&self, finished: SystemTime, now: SystemTime) -> bool {
-        match self.entry {
-            None => false,
-            Some((_, last)) if self.expired(finished, last) => false,
-            Some((backoff, _)) => now.duration_since(finished).unwrap_or_default() < backoff,
-        }
-    }
-
-    /// Records a restart for a container that finished at `finished` (`Next`).
-    pub fn next(&mut self, finished: SystemTime) {
-        let backoff = match self.entry {
-            Some((b, last)) if !self.expired(finished, last) => (b * 2).min(self.policy.max),
-            _ => self.policy.initial,
-        };
-        self.entry = Some((backoff, finished));
-    }
-
-    /// The current back-off (`Get`).
-    pub fn current(&self) -> Duration {
-        self.entry.map(|(b, _)| b).unwrap_or_default()
-    }
-}
-
-/// A duration as Go prints it: `10s`, `1m20s`, `5m0s`, `500ms`.
-pub fn go_duration(d: Duration) -> String {
-    if d < Duration::from_secs(1) {
-        return format!("{}ms", d.as_millis());
-    }
-    let secs = d.as_secs();
-    let frac = d.subsec_millis();
-    let s = if frac == 0 {
-        format!("{}s", secs % 60)
-    } else {
-        format!("{}.{}s", secs % 60, format!("{frac:03}").trim_end_matches('0'))
-    };
-    match (secs / 3600, (secs / 60) % 60) {
-        (0, 0) => s,
-        (0, m) => format!("{m}m{s}"),
-        (h, m) => format!("{h}h{m}m{s}"),
-    }
-}
 
 /// `format.Pod`: `name_namespace(uid)`.
 pub fn pod_ref(pod: &Pod) -> String {
@@ -103,24 +30,6 @@ pub fn pod_ref(pod: &Pod) -> String {
         m.namespace.as_deref().unwrap_or(""),
         m.uid.as_deref().unwrap_or("")
     )
-}
-
-/// The runtime's message for a process that could not be started (runc's wording).
-pub fn start_error_message(program: &str, e: &std::io::Error) -> String {
-    let why = match e.kind() {
-        std::io::ErrorKind::NotFound if program.contains('/') => format!("stat {program}: no such file or directory"),
-        std::io::ErrorKind::NotFound => "executable file not found in $PATH".to_string(),
-        std::io::ErrorKind::PermissionDenied => "permission denied".to_string(),
-        _ => e.to_string(),
-    };
-    format!("unable to start container process: exec: {program:?}: {why}")
-}
-
-/// Signals every process of a group; a group that is gone is no error.
-pub fn kill_group(pgid: u32, sig: rustix::process::Signal) {
-    if let Some(pid) = i32::try_from(pgid).ok().and_then(rustix::process::Pid::from_raw) {
-        let _ = rustix::process::kill_process_group(pid, sig);
-    }
 }
 
 /// An Event the node agent records for the pod.
@@ -227,11 +136,37 @@ impl Stopper {
 }
 
 enum Msg {
-    Exited { slot: usize, instance: u64, code: i32, finished: Timestamp },
-    Probe { slot: usize, instance: u64, kind: ProbeKind, report: ProbeReport },
-    GraceOver { slot: usize, instance: u64 },
-    Stop { grace: Duration, done: oneshot::Sender<()> },
+    Exited {
+        slot: usize,
+        instance: u64,
+        code: i32,
+        finished: Timestamp,
+    },
+    Probe {
+        slot: usize,
+        instance: u64,
+        kind: ProbeKind,
+        report: ProbeReport,
+    },
+    GraceOver {
+        slot: usize,
+        instance: u64,
+    },
+    /// The preStop hook ended (with its failure, if any); `left` is what remains of the grace.
+    PreStopDone {
+        slot: usize,
+        instance: u64,
+        failure: Option<String>,
+        left: Duration,
+    },
+    Stop {
+        grace: Duration,
+        done: oneshot::Sender<()>,
+    },
 }
+
+/// Containers get at least this long between SIGTERM and SIGKILL (`minimumGracePeriodInSeconds`).
+const MIN_GRACE: Duration = Duration::from_secs(2);
 
 /// The process of one container instance.
 struct Instance {
@@ -242,6 +177,8 @@ struct Instance {
     probes: Vec<tokio::task::JoinHandle<()>>,
     startup_done: watch::Sender<bool>,
     killing: bool,
+    /// What probes and hooks run against: the pod IP, ports, env and working directory.
+    target: Arc<ProbeTarget>,
 }
 
 impl Drop for Instance {
@@ -391,6 +328,14 @@ impl Supervisor {
                     kill_group(i.pgid, rustix::process::Signal::KILL);
                 }
             }
+            Msg::PreStopDone { slot, instance, failure, left } => {
+                if self.slots[slot].instance.as_ref().is_some_and(|i| i.id == instance) {
+                    if let Some(why) = failure {
+                        self.event(slot, true, "FailedPreStopHook", format!("PreStopHook failed: {why}"));
+                    }
+                    self.terminate(slot, left);
+                }
+            }
             Msg::Stop { grace, done } => {
                 self.stopping.get_or_insert_with(Vec::new).push(done);
                 for i in 0..self.slots.len() {
@@ -405,17 +350,44 @@ impl Supervisor {
     /// SIGTERM to the instance's group (once, with the `Killing` Event), SIGKILL once `grace`
     /// is over (a later, shorter grace period wins).
     fn kill(&mut self, slot: usize, grace: Duration, message: String) {
+        let pre_stop = self.slots[slot].spec.lifecycle.as_ref().and_then(|l| l.pre_stop.clone());
         let Some(inst) = self.slots[slot].instance.as_mut() else { return };
-        let (pgid, id, first) = (inst.pgid, inst.id, !inst.killing);
+        let (id, first, target) = (inst.id, !inst.killing, inst.target.clone());
         inst.killing = true;
-        if first {
-            self.event(slot, false, "Killing", message);
-            kill_group(pgid, rustix::process::Signal::TERM);
+        if !first {
+            // Killed again, perhaps with a shorter grace period: that one's SIGKILL also stands.
+            self.kill_after(slot, id, grace.max(MIN_GRACE));
+            return;
         }
+        self.event(slot, false, "Killing", message);
+        match pre_stop.filter(|_| !grace.is_zero()) {
+            // The preStop hook runs first, within the grace period (`executePreStopHook`).
+            Some(hook) => {
+                let control = self.control.clone();
+                tokio::spawn(async move {
+                    let start = Instant::now();
+                    let failure = tokio::time::timeout(grace, run_hook(&hook, &target, grace)).await.unwrap_or(None);
+                    let left = grace.saturating_sub(start.elapsed());
+                    let _ = control.send(Msg::PreStopDone { slot, instance: id, failure, left });
+                });
+            }
+            None => self.terminate(slot, grace),
+        }
+    }
+
+    /// SIGTERM now, SIGKILL after `grace` (at least [`MIN_GRACE`]).
+    fn terminate(&mut self, slot: usize, grace: Duration) {
+        let Some(inst) = self.slots[slot].instance.as_ref() else { return };
+        kill_group(inst.pgid, rustix::process::Signal::TERM);
+        let id = inst.id;
+        self.kill_after(slot, id, grace.max(MIN_GRACE));
+    }
+
+    fn kill_after(&self, slot: usize, instance: u64, after: Duration) {
         let control = self.control.clone();
         tokio::spawn(async move {
-            tokio::time::sleep(grace).await;
-            let _ = control.send(Msg::GraceOver { slot, instance: id });
+            tokio::time::sleep(after).await;
+            let _ = control.send(Msg::GraceOver { slot, instance });
         });
     }
 
@@ -614,7 +586,7 @@ impl Supervisor {
         }
         let slot = &mut self.slots[i];
         slot.instance =
-            Some(Instance { id, pgid, container_id, started, probes: workers, startup_done, killing: false });
+            Some(Instance { id, pgid, container_id, started, probes: workers, startup_done, killing: false, target });
         slot.status.state = Some(ContainerState {
             running: Some(ContainerStateRunning { started_at: Some(Time(started)) }),
             ..Default::default()
@@ -812,42 +784,6 @@ pub fn pod_phase(
         "Never" => "Failed",
         _ => "Running",
     }
-}
-
-/// A container ID in the runtime's `<type>://<id>` form.
-fn new_container_id(pod: &PodKey, container: &str, attempt: u32) -> String {
-    let mut id = String::from("kplane://");
-    for salt in 0..4u8 {
-        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-        h.write(pod.uid.as_bytes());
-        h.write(container.as_bytes());
-        h.write_u32(attempt);
-        h.write_u8(salt);
-        id.push_str(&format!("{:016x}", h.finish()));
-    }
-    id
-}
-
-fn spawn(argv: &[String], env: &[(String, String)], dir: Option<&str>) -> std::io::Result<tokio::process::Child> {
-    let mut cmd = tokio::process::Command::new(&argv[0]);
-    cmd.args(&argv[1..])
-        .env_clear()
-        .envs(env.iter().map(|(k, v)| (k, v)))
-        .current_dir(dir.unwrap_or("/"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0);
-    // SAFETY: the closure runs in the forked child before exec and only makes one
-    // async-signal-safe system call (prctl).
-    unsafe {
-        cmd.pre_exec(|| {
-            // If kplane dies without stopping the pod, its processes go too.
-            rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))
-                .map_err(std::io::Error::from)
-        });
-    }
-    cmd.spawn()
 }
 
 /// Waits for the instance's process, kills what it left in its group (a container's processes

@@ -4,10 +4,11 @@
 //! environments read ConfigMaps, Secrets and Services through the cluster client, as the
 //! kubelet's managers do.
 
+use super::backoff::BackoffPolicy;
 use super::container_env::{EnvError, EnvLookup, NodeFacts};
 use super::events::Recorder;
 use super::logs::{LogStore, PodKey};
-use super::process::{BackoffPolicy, PodEvent, PodRun, RunConfig};
+use super::process::{PodEvent, PodRun, RunConfig};
 use super::runtime::{PodEvents, PodRuntime, RuntimeContext, RuntimeStatus, Sandbox};
 use futures::future::BoxFuture;
 use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Secret, Service};

@@ -1,51 +1,6 @@
-//! Unit tests of the process-pod supervisor: back-off math, phases, and real processes.
+//! Unit tests of the process-pod supervisor: phases, and real processes under it.
 
 use super::*;
-
-fn t(secs: u64) -> SystemTime {
-    SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000 + secs)
-}
-
-#[test]
-fn backoff_doubles_to_the_cap_and_resets_after_quiet() {
-    let mut b = Backoff::new(BackoffPolicy::default());
-    // First crash: no entry, restart at once; the entry starts at 10s.
-    assert!(!b.in_backoff_since(t(0), t(0)));
-    b.next(t(0));
-    assert_eq!(b.current(), Duration::from_secs(10));
-    // Second crash 1 s later: wait 10 s from it.
-    assert!(b.in_backoff_since(t(1), t(5)));
-    assert!(!b.in_backoff_since(t(1), t(11)));
-    b.next(t(1));
-    assert_eq!(b.current(), Duration::from_secs(20));
-    let mut last = 1;
-    let mut seen = vec![];
-    for _ in 0..6 {
-        last += 5;
-        b.next(t(last));
-        seen.push(b.current().as_secs());
-    }
-    assert_eq!(seen, [40, 80, 160, 300, 300, 300]);
-    // More than 2×max (10 min) since the last crash: back to the start.
-    assert!(!b.in_backoff_since(t(last + 601), t(last + 601)));
-    b.next(t(last + 601));
-    assert_eq!(b.current(), Duration::from_secs(10));
-}
-
-#[test]
-fn durations_print_as_go() {
-    let cases = [
-        (10_000, "10s"),
-        (80_000, "1m20s"),
-        (300_000, "5m0s"),
-        (500, "500ms"),
-        (1_500, "1.5s"),
-        (3_700_000, "1h1m40s"),
-    ];
-    for (ms, want) in cases {
-        assert_eq!(go_duration(Duration::from_millis(ms)), want);
-    }
-}
 
 fn status(state: serde_json::Value, last: serde_json::Value) -> ContainerStatus {
     serde_json::from_value(serde_json::json!({
@@ -233,6 +188,39 @@ async fn fallback_to_logs_on_error_puts_the_log_tail_in_the_message() {
 }
 
 #[tokio::test]
+async fn pre_stop_hooks_run_before_sigterm() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let mark = dir.path().join("pre").display().to_string();
+    let mut h = start(serde_json::json!({"containers": [{
+        "name": "c",
+        "command": ["sh", "-c", format!("trap 'test -e {mark} && echo after-hook; exit 0' TERM; while :; do sleep 0.05; done")],
+        "lifecycle": {"preStop": {"exec": {"command": ["sh", "-c", format!("sleep 0.5; touch {mark}")]}}}
+    }, {
+        "name": "s", "command": ["sleep", "30"], "lifecycle": {"preStop": {"sleep": {"seconds": 1}}}
+    }, {
+        "name": "f", "command": ["sleep", "30"], "lifecycle": {"preStop": {"exec": {"command": ["false"]}}}
+    }]}));
+    let s = h
+        .until("running", |s| {
+            s.container_statuses.iter().all(|c| c.state.as_ref().is_some_and(|st| st.running.is_some()))
+        })
+        .await;
+    let id = c0(&s).container_id.clone().expect("id");
+    let start = std::time::Instant::now();
+    let s = h.run.stop(Duration::from_secs(10)).await;
+    assert!(start.elapsed() >= Duration::from_secs(1), "the sleep hook holds the stop");
+    let code =
+        |i: usize| s.container_statuses[i].state.as_ref().and_then(|st| st.terminated.as_ref()).map(|t| t.exit_code);
+    assert_eq!(code(0), Some(0), "SIGTERM came after the hook: the trap saw its mark");
+    assert_eq!(code(1), Some(143));
+    // (The shell may also report its `sleep` child, which got the group's SIGTERM.)
+    let log = h.log(&id).await;
+    assert!(log.ends_with("after-hook\n"), "{log}");
+    let events = h.events();
+    assert!(events.iter().any(|e| e.reason == "FailedPreStopHook"), "{events:?}");
+}
+
+#[tokio::test]
 async fn restart_policies_decide_the_phase() {
     let never = start(serde_json::json!({"restartPolicy": "Never", "containers": [
         {"name": "c", "command": ["sh", "-c", "exit 1"]}
@@ -347,17 +335,4 @@ async fn probes_drive_readiness_and_liveness_restarts() {
     let events = h.events();
     assert!(events.iter().any(|e| e.message == "Container l failed liveness probe, will be restarted"), "{events:?}");
     assert!(events.iter().any(|e| e.reason == "Unhealthy" && e.message.starts_with("Liveness probe failed")));
-}
-
-#[test]
-fn start_errors_read_as_runc_says() {
-    let nf = std::io::Error::from(std::io::ErrorKind::NotFound);
-    assert_eq!(
-        start_error_message("nope", &nf),
-        "unable to start container process: exec: \"nope\": executable file not found in $PATH"
-    );
-    assert_eq!(
-        start_error_message("/no/such", &nf),
-        "unable to start container process: exec: \"/no/such\": stat /no/such: no such file or directory"
-    );
 }
