@@ -420,8 +420,14 @@ async fn external_names_are_cnames_and_follow_changes() {
 async fn pod_records_are_verified() {
     let env = start().await;
     let pods: Api<Pod> = Api::namespaced(env.cluster.client(), "default");
+    // Bound to a node that is not kplane's own, so the node agent leaves its status to the test
+    // (and the Node exists, so pod GC leaves the pod).
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(env.cluster.client());
+    let node = serde_json::from_value(json!({"metadata": {"name": "other-node"}})).expect("node");
+    nodes.create(&PostParams::default(), &node).await.expect("create node");
     let pod: Pod = serde_json::from_value(json!({
-        "metadata": {"name": "p"}, "spec": {"containers": [{"name": "c", "image": "none"}]},
+        "metadata": {"name": "p"},
+        "spec": {"nodeName": "other-node", "containers": [{"name": "c", "image": "none"}]},
     }))
     .expect("pod");
     pods.create(&PostParams::default(), &pod).await.expect("create pod");
