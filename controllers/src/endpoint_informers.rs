@@ -1,13 +1,14 @@
 //! The machinery the endpoint controllers share (client-go's shared informers and
 //! `workqueue.TypedRateLimitingInterface`, as `pkg/controller/endpoint` and
 //! `pkg/controller/endpointslice` use them): one watch per kind feeding an in-memory cache that
-//! calls handlers with the old and new object, a de-duplicating work queue that never hands one
-//! key to two workers at once, retries with exponential back-off, and Warning Events.
+//! calls handlers with the old and new object, workers over the shared [`WorkQueue`] with
+//! retries (conflicts sooner than other failures), and Warning Events.
 //!
 //! Caches are written through by the controllers after their own writes, so a reconcile right
 //! after a write sees it even before the watch delivers it; a watch event older than the cached
 //! object is then ignored.
 
+pub use crate::workqueue::WorkQueue;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Endpoints, Event, Node, ObjectReference, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -15,11 +16,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
-use std::collections::{HashMap, HashSet, VecDeque};
-use std::hash::Hash;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
-use tokio::sync::Notify;
 
 /// Namespace and name.
 pub type Key = (String, String);
@@ -266,104 +265,6 @@ impl Informers {
     }
 }
 
-#[derive(Debug)]
-struct QueueState<T> {
-    queue: VecDeque<T>,
-    /// Queued, or to be queued again when its processing ends.
-    dirty: HashSet<T>,
-    processing: HashSet<T>,
-    failures: HashMap<T, u32>,
-}
-
-/// A work queue as client-go's: a key queued many times is processed once, and never by two
-/// workers at once (a key added while processing is queued again when it is done).
-#[derive(Debug)]
-pub struct WorkQueue<T> {
-    state: Mutex<QueueState<T>>,
-    notify: Notify,
-}
-
-impl<T: Hash + Eq + Clone + Send + Sync + 'static> WorkQueue<T> {
-    pub fn new() -> Arc<Self> {
-        Arc::new(Self {
-            state: Mutex::new(QueueState {
-                queue: VecDeque::new(),
-                dirty: HashSet::new(),
-                processing: HashSet::new(),
-                failures: HashMap::new(),
-            }),
-            notify: Notify::new(),
-        })
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, QueueState<T>> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    pub fn add(&self, key: T) {
-        let mut s = self.lock();
-        if !s.dirty.insert(key.clone()) {
-            return;
-        }
-        if !s.processing.contains(&key) {
-            s.queue.push_back(key);
-            drop(s);
-            self.notify.notify_one();
-        }
-    }
-
-    /// The next key to process; call [`WorkQueue::done`] after.
-    pub async fn next(&self) -> T {
-        loop {
-            let notified = self.notify.notified();
-            {
-                let mut s = self.lock();
-                if let Some(key) = s.queue.pop_front() {
-                    s.dirty.remove(&key);
-                    s.processing.insert(key.clone());
-                    if !s.queue.is_empty() {
-                        self.notify.notify_one();
-                    }
-                    return key;
-                }
-            }
-            notified.await;
-        }
-    }
-
-    pub fn done(&self, key: &T) {
-        let mut s = self.lock();
-        s.processing.remove(key);
-        if s.dirty.contains(key) {
-            s.queue.push_back(key.clone());
-            drop(s);
-            self.notify.notify_one();
-        }
-    }
-
-    /// Queues `key` again after `base · 2^failures` (capped at `max`); returns the failure count.
-    pub fn retry(self: &Arc<Self>, key: T, base: Duration, max: Duration) -> u32 {
-        let n = {
-            let mut s = self.lock();
-            let n = s.failures.entry(key.clone()).or_insert(0);
-            *n += 1;
-            *n
-        };
-        let delay = base.saturating_mul(1u32 << (n - 1).min(20)).min(max);
-        let queue = self.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(delay).await;
-            queue.add(key);
-        });
-        n
-    }
-
-    /// Clears the failure count of a key that synced.
-    pub fn forget(&self, key: &T) {
-        self.lock().failures.remove(key);
-    }
-}
-
 /// How a controller retries a failed sync.
 #[derive(Debug, Clone, Copy)]
 pub struct Retry {
@@ -397,12 +298,12 @@ pub async fn run_workers<F, Fut, E>(
         let (queue, sync) = (queue.clone(), sync.clone());
         tasks.spawn(async move {
             loop {
-                let key = queue.next().await;
+                let key = queue.get().await;
                 match sync(key.clone()).await {
                     Ok(()) => queue.forget(&key),
                     Err(e) => {
                         let base = if e.is_conflict() { Duration::from_millis(5) } else { retry.base };
-                        let n = queue.retry(key.clone(), base, retry.max);
+                        let n = queue.retry(key.clone(), base);
                         if n > retry.max_retries {
                             queue.forget(&key);
                             tracing::warn!(controller = name, service = %format!("{}/{}", key.0, key.1), error = %e, "dropping out of the queue");
@@ -518,35 +419,6 @@ pub fn object_ref(kind: &str, api_version: &str, meta: &ObjectMeta) -> ObjectRef
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[tokio::test]
-    async fn queue_dedups_and_never_hands_out_a_key_twice() {
-        let q: Arc<WorkQueue<Key>> = WorkQueue::new();
-        let k = ("ns".to_string(), "a".to_string());
-        q.add(k.clone());
-        q.add(k.clone());
-        q.add(("ns".into(), "b".into()));
-        let first = q.next().await;
-        assert_eq!(first, k);
-        // Added while processing: not handed out until done.
-        q.add(k.clone());
-        assert_eq!(q.next().await, ("ns".to_string(), "b".to_string()));
-        assert!(tokio::time::timeout(Duration::from_millis(20), q.next()).await.is_err());
-        q.done(&first);
-        assert_eq!(q.next().await, k);
-    }
-
-    #[tokio::test]
-    async fn retry_backs_off_and_counts() {
-        let q: Arc<WorkQueue<Key>> = WorkQueue::new();
-        let k = ("ns".to_string(), "a".to_string());
-        assert_eq!(q.retry(k.clone(), Duration::from_millis(1), Duration::from_secs(1)), 1);
-        assert_eq!(q.next().await, k);
-        q.done(&k);
-        assert_eq!(q.retry(k.clone(), Duration::from_millis(1), Duration::from_secs(1)), 2);
-        q.forget(&k);
-        assert_eq!(q.retry(k.clone(), Duration::from_millis(1), Duration::from_secs(1)), 1);
-    }
 
     #[test]
     fn newer_compares_revisions_as_numbers() {

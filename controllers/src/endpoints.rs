@@ -41,7 +41,7 @@ pub struct EndpointsController {
 
 impl EndpointsController {
     pub fn new(informers: &Arc<Informers>) -> Arc<Self> {
-        let queue = WorkQueue::new();
+        let queue = WorkQueue::new(RETRY.base, RETRY.max);
         informers.on_pod_services(queue.clone());
         let q = queue.clone();
         informers.services.subscribe(move |old, new| {

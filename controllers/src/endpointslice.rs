@@ -46,7 +46,7 @@ pub struct EndpointSliceController {
 impl EndpointSliceController {
     /// Subscribes to the caches; `max_endpoints_per_slice` is 1–1000.
     pub fn new(informers: &Arc<Informers>, max_endpoints_per_slice: usize) -> Arc<Self> {
-        let queue = WorkQueue::new();
+        let queue = WorkQueue::new(RETRY.base, RETRY.max);
         informers.on_pod_services(queue.clone());
         let q = queue.clone();
         informers.services.subscribe(move |old, new| {

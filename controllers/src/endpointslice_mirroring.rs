@@ -39,7 +39,7 @@ pub struct MirroringController {
 
 impl MirroringController {
     pub fn new(informers: &Arc<Informers>) -> Arc<Self> {
-        let queue = WorkQueue::new();
+        let queue = WorkQueue::new(RETRY.base, RETRY.max);
         let q = queue.clone();
         informers.endpoints.subscribe(move |old, new| {
             if let Some(e) = new.or(old) {

@@ -76,6 +76,12 @@ impl<T: Clone + Eq + Hash + Send + Sync + 'static> WorkQueue<T> {
     /// Queues `item` again after its back-off, which doubles with each failure since the last
     /// [`WorkQueue::forget`].
     pub fn add_rate_limited(self: &Arc<Self>, item: T) {
+        self.retry(item, self.base_delay);
+    }
+
+    /// As [`WorkQueue::add_rate_limited`], from a first delay of `base` (a conflict is worth a
+    /// quicker retry than other failures); returns the failures since the last forget.
+    pub fn retry(self: &Arc<Self>, item: T, base: Duration) -> u32 {
         let failures = {
             let mut s = self.lock();
             let n = s.failures.entry(item.clone()).or_insert(0);
@@ -83,8 +89,8 @@ impl<T: Clone + Eq + Hash + Send + Sync + 'static> WorkQueue<T> {
             *n
         };
         let factor = 2u32.saturating_pow(failures.saturating_sub(1).min(20));
-        let delay = self.base_delay.saturating_mul(factor).min(self.max_delay);
-        self.add_after(item, delay);
+        self.add_after(item, base.saturating_mul(factor).min(self.max_delay));
+        failures
     }
 
     /// Clears the back-off of `item` (it succeeded).
@@ -161,5 +167,16 @@ mod tests {
         q.done(&"x");
         q.forget(&"x");
         assert!(q.lock().failures.is_empty());
+    }
+
+    #[tokio::test]
+    async fn retries_count_failures_until_forgotten() {
+        let q = WorkQueue::new(Duration::from_millis(1), Duration::from_secs(1));
+        assert_eq!(q.retry("k", Duration::from_millis(1)), 1);
+        assert_eq!(q.get().await, "k");
+        q.done(&"k");
+        assert_eq!(q.retry("k", Duration::from_millis(1)), 2);
+        q.forget(&"k");
+        assert_eq!(q.retry("k", Duration::from_millis(1)), 1);
     }
 }
