@@ -191,7 +191,13 @@ pub struct LbIpam {
 impl LbIpam {
     pub fn new(client: kube::Client, pools: Vec<Pool>) -> Self {
         let reporter = Reporter { controller: "kplane-lb-ipam".into(), instance: None };
-        Self { pools, allocs: Allocations::default(), waiting: BTreeMap::new(), recorder: Recorder::new(client.clone(), reporter), client }
+        Self {
+            pools,
+            allocs: Allocations::default(),
+            waiting: BTreeMap::new(),
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+        }
     }
 
     /// Watches Services until the server goes away. After each (re)list, addresses already in
@@ -252,7 +258,8 @@ impl LbIpam {
             self.waiting.remove(&key);
             self.release(&key).await;
             // A Service that was ours (its ingress is from our pool) and no longer is: clear it.
-            let class_ours = svc.spec.as_ref().and_then(|s| s.load_balancer_class.as_deref()).is_none_or(|c| c == CLASS);
+            let class_ours =
+                svc.spec.as_ref().and_then(|s| s.load_balancer_class.as_deref()).is_none_or(|c| c == CLASS);
             if class_ours && !current.is_empty() && current.iter().all(|ip| self.pools.iter().any(|p| p.contains(*ip)))
             {
                 self.write_status(svc, &[]).await;
@@ -262,7 +269,8 @@ impl LbIpam {
         match desired(&self.pools, &self.allocs, &key, svc) {
             Ok(ips) => {
                 self.waiting.remove(&key);
-                let freed = self.allocs.by_service.get(&key).is_some_and(|held| held.iter().any(|ip| !ips.contains(ip)));
+                let freed =
+                    self.allocs.by_service.get(&key).is_some_and(|held| held.iter().any(|ip| !ips.contains(ip)));
                 self.allocs.assign(&key, ips.clone());
                 if ips != current && self.write_status(svc, &ips).await {
                     let list = ips.iter().map(|ip| format!("\"{ip}\"")).collect::<Vec<_>>().join(",");
@@ -304,7 +312,8 @@ impl LbIpam {
     }
 
     async fn event(&self, svc: &Service, type_: EventType, reason: &str, note: String) {
-        let event = Event { type_, reason: reason.into(), note: Some(note), action: "Allocate".into(), secondary: None };
+        let event =
+            Event { type_, reason: reason.into(), note: Some(note), action: "Allocate".into(), secondary: None };
         if let Err(e) = self.recorder.publish(&event, &svc.object_ref(&())).await {
             tracing::debug!(error = %e, "lb-ipam: event");
         }
@@ -352,7 +361,9 @@ mod tests {
         assert_eq!(desired(&pools, &a, "default/a", &lb("a", json!({}))), Ok(first));
         // A taken request fails; a free one is honoured; a request outside the pool fails.
         let taken = lb("b", json!({"loadBalancerIP": "127.240.0.1"}));
-        assert!(desired(&pools, &a, "default/b", &taken).expect_err("taken").contains("already allocated to default/a"));
+        assert!(
+            desired(&pools, &a, "default/b", &taken).expect_err("taken").contains("already allocated to default/a")
+        );
         let mut annotated = lb("b", json!({}));
         annotated.metadata.annotations = Some([(REQUEST_ANNOTATIONS[0].to_string(), "127.240.0.2".to_string())].into());
         assert_eq!(desired(&pools, &a, "default/b", &annotated), Ok(vec![ip("127.240.0.2")]));

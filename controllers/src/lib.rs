@@ -3,6 +3,7 @@
 //! against a real cluster.
 
 pub mod builtin_services;
+pub mod deployment;
 pub mod discovery;
 pub mod endpoint_informers;
 pub mod endpoints;
@@ -17,4 +18,3 @@ pub mod podgc;
 pub mod replicaset;
 pub mod service_env;
 pub mod workqueue;
-pub mod deployment;
