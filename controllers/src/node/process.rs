@@ -159,6 +159,12 @@ enum Msg {
         failure: Option<String>,
         left: Duration,
     },
+    /// The postStart hook failed: the container is killed (and restarted per policy).
+    PostStartFailed {
+        slot: usize,
+        instance: u64,
+        why: String,
+    },
     Stop {
         grace: Duration,
         done: oneshot::Sender<()>,
@@ -194,6 +200,11 @@ impl Drop for Instance {
 struct Slot {
     spec: Container,
     init: bool,
+    /// A sidecar: an init container with `restartPolicy: Always`, which keeps running beside
+    /// the main containers.
+    sidecar: bool,
+    /// Whether it has started once (a sidecar no longer holds back what follows it).
+    ever_started: bool,
     status: ContainerStatus,
     instance: Option<Instance>,
     backoff: Backoff,
@@ -256,6 +267,8 @@ impl Supervisor {
             },
             spec: c.clone(),
             init,
+            sidecar: init && c.restart_policy.as_deref() == Some("Always"),
+            ever_started: false,
             instance: None,
             backoff: Backoff::new(config.backoff),
             next_start: None,
@@ -326,6 +339,13 @@ impl Supervisor {
             Msg::GraceOver { slot, instance } => {
                 if let Some(i) = self.slots[slot].instance.as_ref().filter(|i| i.id == instance) {
                     kill_group(i.pgid, rustix::process::Signal::KILL);
+                }
+            }
+            Msg::PostStartFailed { slot, instance, why } => {
+                if self.slots[slot].instance.as_ref().is_some_and(|i| i.id == instance) {
+                    self.event(slot, true, "FailedPostStartHook", why);
+                    let grace = self.grace_period();
+                    self.kill(slot, grace, "FailedPostStartHook".into());
                 }
             }
             Msg::PreStopDone { slot, instance, failure, left } => {
@@ -405,19 +425,45 @@ impl Supervisor {
         let now = Instant::now();
         let due = |s: &Slot| s.instance.is_none() && !s.done && !s.blocked && s.next_start.is_none_or(|t| t <= now);
         let init_count = self.slots.iter().filter(|s| s.init).count();
-        if let Some(i) = (0..init_count).find(|&i| !self.slots[i].done) {
-            if due(&self.slots[i]) {
-                self.try_start(i).await;
+        for i in 0..init_count {
+            let s = &self.slots[i];
+            if s.sidecar && s.ever_started {
+                // Restarts of a sidecar that has started once hold nothing back.
+                if due(s) {
+                    self.try_start(i).await;
+                }
+                continue;
             }
-            return;
+            if s.sidecar || !s.done {
+                // This one first: a regular init container until it has succeeded, a sidecar
+                // until it has started.
+                if due(s) {
+                    self.try_start(i).await;
+                }
+                return;
+            }
         }
-        if self.slots[..init_count].iter().any(|s| !succeeded(&s.status)) {
+        if self.slots[..init_count].iter().any(|s| !s.sidecar && !succeeded(&s.status)) {
             // An init container failed for good (restartPolicy Never): the pod has failed.
             return;
         }
         for i in init_count..self.slots.len() {
             if due(&self.slots[i]) {
                 self.try_start(i).await;
+            }
+        }
+        if self.slots[init_count..].iter().all(|s| s.done) {
+            // The main containers are finished for good: sidecars stop too, last first.
+            let grace = self.grace_period();
+            let sidecars: Vec<usize> = (0..init_count).rev().filter(|&i| self.slots[i].sidecar).collect();
+            for i in sidecars {
+                let slot = &mut self.slots[i];
+                slot.done = true;
+                slot.next_start = None;
+                if slot.instance.as_ref().is_some_and(|inst| !inst.killing) {
+                    let msg = format!("Stopping container {}", slot.spec.name);
+                    self.kill(i, grace, msg);
+                }
             }
         }
     }
@@ -569,6 +615,14 @@ impl Supervisor {
             }
             .with_ports(spec.ports.as_deref().unwrap_or_default()),
         );
+        if let Some(hook) = spec.lifecycle.as_ref().and_then(|l| l.post_start.clone()) {
+            let (control, target, grace) = (self.control.clone(), target.clone(), self.grace_period());
+            tokio::spawn(async move {
+                if let Some(why) = run_hook(&hook, &target, grace).await {
+                    let _ = control.send(Msg::PostStartFailed { slot: i, instance: id, why });
+                }
+            });
+        }
         let mut workers = Vec::new();
         let probes = [
             (ProbeKind::Startup, spec.startup_probe.clone()),
@@ -576,8 +630,8 @@ impl Supervisor {
             (ProbeKind::Readiness, spec.readiness_probe.clone()),
         ];
         for (kind, probe) in probes {
-            // Regular init containers have no probes that matter.
-            let (Some(probe), false) = (probe, self.slots[i].init) else { continue };
+            // Regular init containers have no probes that matter; sidecars do.
+            let (Some(probe), false) = (probe, self.slots[i].init && !self.slots[i].sidecar) else { continue };
             let control = self.control.clone();
             let report = move |report| {
                 let _ = control.send(Msg::Probe { slot: i, instance: id, kind, report });
@@ -592,6 +646,7 @@ impl Supervisor {
             ..Default::default()
         });
         slot.status.started = Some(!has_startup);
+        slot.ever_started |= !has_startup;
         slot.ready = !has_startup && spec.readiness_probe.is_none();
         self.event(i, false, "Started", format!("Started container {name}"));
     }
@@ -636,8 +691,11 @@ impl Supervisor {
     /// After an instance ended (or failed to start): done for good, or restart (now or after
     /// back-off, decided when it is due).
     fn after_exit(&mut self, i: usize, code: i32) -> bool {
+        let init_count = self.slots.iter().filter(|s| s.init).count();
+        let mains_done = self.slots[init_count..].iter().all(|s| s.done);
         let restart = self.stopping.is_none()
             && match (self.slots[i].init, self.restart_policy()) {
+                _ if self.slots[i].sidecar => !self.slots[i].done && !mains_done,
                 (true, "Never") => false,
                 (true, _) => code != 0,
                 (false, "Always") => true,
@@ -673,6 +731,7 @@ impl Supervisor {
                     let _ = inst.startup_done.send(true);
                     let slot = &mut self.slots[i];
                     slot.status.started = Some(true);
+                    slot.ever_started = true;
                     slot.ready = slot.spec.readiness_probe.is_none();
                 }
                 ProbeKind::Liveness | ProbeKind::Startup => {
@@ -700,7 +759,16 @@ impl Supervisor {
         let mut out = PodRunStatus::default();
         for s in &self.slots {
             let mut st = s.status.clone();
-            if s.init {
+            if s.sidecar {
+                st.ready = s.ready && s.instance.is_some();
+                if !s.ever_started {
+                    out.not_initialized.push(st.name.clone());
+                }
+                if !st.ready && !s.done {
+                    out.not_ready.push(st.name.clone());
+                }
+                out.init_container_statuses.push(st);
+            } else if s.init {
                 st.ready = succeeded(&st);
                 if !st.ready {
                     out.not_initialized.push(st.name.clone());
@@ -715,8 +783,13 @@ impl Supervisor {
             }
         }
         let terminal = self.stopping.is_some() && self.slots.iter().all(|s| s.instance.is_none());
-        out.phase = pod_phase(self.restart_policy(), &out.init_container_statuses, &out.container_statuses, terminal)
-            .to_string();
+        // Sidecars do not decide the phase (the node agent's status weighs them as upstream).
+        let regular_init: Vec<ContainerStatus> = (self.slots.iter().filter(|s| s.init))
+            .zip(&out.init_container_statuses)
+            .filter(|(s, _)| !s.sidecar)
+            .map(|(_, st)| st.clone())
+            .collect();
+        out.phase = pod_phase(self.restart_policy(), &regular_init, &out.container_statuses, terminal).to_string();
         out
     }
 }

@@ -221,6 +221,48 @@ async fn pre_stop_hooks_run_before_sigterm() {
 }
 
 #[tokio::test]
+async fn sidecars_start_before_what_follows_and_stop_after_the_main_containers() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let d = dir.path().display().to_string();
+    let mut h = start(serde_json::json!({"restartPolicy": "Never",
+        "initContainers": [
+            {"name": "side", "restartPolicy": "Always", "command": ["sh", "-c", format!("touch {d}/side; exec sleep 30")],
+             "startupProbe": {"exec": {"command": ["test", "-e", format!("{d}/side")]}, "periodSeconds": 1}},
+            {"name": "init", "command": ["sh", "-c", format!("test -e {d}/side")]}
+        ],
+        "containers": [{"name": "main", "command": ["sh", "-c", "sleep 0.3"],
+            "lifecycle": {"postStart": {"exec": {"command": ["true"]}}}}]
+    }));
+    let s = h.until("main done", |s| c0(s).state.as_ref().is_some_and(|st| st.terminated.is_some())).await;
+    let init = &s.init_container_statuses;
+    assert_eq!(
+        init[1].state.as_ref().and_then(|st| st.terminated.as_ref()).map(|t| t.exit_code),
+        Some(0),
+        "the sidecar was up first"
+    );
+    let s = h
+        .until("sidecar stopped", |s| {
+            s.init_container_statuses[0].state.as_ref().is_some_and(|st| st.terminated.is_some())
+        })
+        .await;
+    assert_eq!(s.phase, "Succeeded");
+    assert_eq!(s.init_container_statuses[0].restart_count, 0, "a sidecar stopped with the pod is not restarted");
+    let events = h.events();
+    assert!(events.iter().any(|e| e.message == "Stopping container side"), "{events:?}");
+}
+
+#[tokio::test]
+async fn a_failing_post_start_hook_kills_the_container() {
+    let mut h = start(serde_json::json!({"restartPolicy": "Never", "containers": [{
+        "name": "c", "command": ["sleep", "30"], "lifecycle": {"postStart": {"exec": {"command": ["sh", "-c", "echo no; exit 1"]}}}
+    }]}));
+    let s = h.until("killed", |s| c0(s).state.as_ref().is_some_and(|st| st.terminated.is_some())).await;
+    assert_eq!(s.phase, "Failed");
+    let events = h.events();
+    assert!(events.iter().any(|e| e.reason == "FailedPostStartHook" && e.message == "no\n"), "{events:?}");
+}
+
+#[tokio::test]
 async fn restart_policies_decide_the_phase() {
     let never = start(serde_json::json!({"restartPolicy": "Never", "containers": [
         {"name": "c", "command": ["sh", "-c", "exit 1"]}
