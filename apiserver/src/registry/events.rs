@@ -104,11 +104,11 @@ impl Strategy for Events {
         Some(&CORE_INFO)
     }
 
-    fn to_stored(&self, obj: Value) -> Value {
+    fn stored_form(&self, obj: Value) -> Value {
         convert(obj, "v1", true)
     }
 
-    fn from_stored(&self, obj: Value) -> Value {
+    fn served_form(&self, obj: Value) -> Value {
         convert(obj, "events.k8s.io/v1", false)
     }
 
@@ -149,7 +149,7 @@ mod tests {
             "firstTimestamp": "2026-11-30T01:00:00Z", "lastTimestamp": "2026-11-30T01:05:00Z",
             "reportingComponent": "kubelet", "reportingInstance": "node-a",
         });
-        let view = Events.from_stored(core.clone());
+        let view = Events.served_form(core.clone());
         assert_eq!(view["apiVersion"], "events.k8s.io/v1");
         assert_eq!(view["regarding"]["name"], "web");
         assert_eq!(view["note"], "Started container web");
@@ -157,6 +157,6 @@ mod tests {
         assert_eq!(view["reportingController"], "kubelet");
         assert_eq!(view["deprecatedSource"]["host"], "node-a");
         assert!(view.get("involvedObject").is_none() && view.get("message").is_none());
-        assert_eq!(Events.to_stored(view), core);
+        assert_eq!(Events.stored_form(view), core);
     }
 }

@@ -149,18 +149,18 @@ pub trait Strategy: Send + Sync + 'static {
 
     /// The kind this one is stored as, for a kind that is another version of a stored resource
     /// (`events.k8s.io/v1` Events are stored as core/v1 Events, as upstream): both then share one
-    /// set of keys, and [`Strategy::to_stored`] / [`Strategy::from_stored`] convert.
+    /// set of keys, and [`Strategy::stored_form`] / [`Strategy::served_form`] convert.
     fn stored_as(&self) -> Option<&'static ResourceInfo> {
         None
     }
 
     /// The stored form of an object of this kind (see [`Strategy::stored_as`]).
-    fn to_stored(&self, obj: Value) -> Value {
+    fn stored_form(&self, obj: Value) -> Value {
         obj
     }
 
     /// An object of this kind from its stored form (see [`Strategy::stored_as`]).
-    fn from_stored(&self, obj: Value) -> Value {
+    fn served_form(&self, obj: Value) -> Value {
         obj
     }
 
@@ -302,17 +302,17 @@ impl Resource {
 
     /// A stored value as an object of this kind.
     fn decode(&self, kv: &crate::storage::KeyValue) -> ApiResult<Value> {
-        Ok(self.strategy.from_stored(meta::decode(kv)?))
+        Ok(self.strategy.served_form(meta::decode(kv)?))
     }
 
     fn decode_bytes(&self, bytes: &[u8], revision: crate::storage::Revision) -> ApiResult<Value> {
-        Ok(self.strategy.from_stored(meta::decode_bytes(bytes, revision)?))
+        Ok(self.strategy.served_form(meta::decode_bytes(bytes, revision)?))
     }
 
     fn encode(&self, obj: &Value) -> ApiResult<crate::storage::Bytes> {
         match self.strategy.stored_as() {
             None => meta::encode(obj),
-            Some(_) => meta::encode(&self.strategy.to_stored(obj.clone())),
+            Some(_) => meta::encode(&self.strategy.stored_form(obj.clone())),
         }
     }
 }

@@ -1,4 +1,5 @@
-//! Secrets (`pkg/registry/core/secret`): the `type` field selector and its default.
+//! Secrets (`pkg/registry/core/secret`): the `type` field selector and its default, and the
+//! write-only `stringData` folded into `data` (`Convert_v1_Secret_To_core_Secret`).
 
 use super::{ResourceInfo, Scope, Strategy};
 use serde_json::Value;
@@ -20,6 +21,19 @@ pub struct Secrets;
 impl Strategy for Secrets {
     fn info(&self) -> &'static ResourceInfo {
         &INFO
+    }
+
+    /// `stringData` overwrites `data` entries and is never stored, on every write.
+    fn set_defaults(&self, obj: &mut Value) {
+        use base64::Engine;
+        let Some(Value::Object(strings)) = obj.as_object_mut().and_then(|o| o.remove("stringData")) else { return };
+        if !obj["data"].is_object() {
+            obj["data"] = Value::Object(Default::default());
+        }
+        for (k, v) in strings {
+            let text = v.as_str().unwrap_or_default();
+            obj["data"][k] = base64::engine::general_purpose::STANDARD.encode(text).into();
+        }
     }
 
     fn prepare_for_create(&self, obj: &mut Value) {
@@ -49,5 +63,21 @@ impl Strategy for Secrets {
     fn table_row(&self, obj: &Value) -> Vec<Value> {
         let n = obj["data"].as_object().map_or(0, |m| m.len());
         vec![obj["metadata"]["name"].clone(), obj["type"].clone(), n.into(), super::table::age(obj)]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn string_data_is_folded_into_data() {
+        let mut s = json!({"data": {"a": "eA==", "b": "eQ=="}, "stringData": {"b": "new", "c": "z"}});
+        Secrets.set_defaults(&mut s);
+        assert_eq!(s, json!({"data": {"a": "eA==", "b": "bmV3", "c": "eg=="}}));
+        let mut only = json!({"stringData": {"k": "v"}});
+        Secrets.set_defaults(&mut only);
+        assert_eq!(only, json!({"data": {"k": "dg=="}}));
     }
 }
