@@ -260,7 +260,8 @@ impl Registry {
             strategy.canonicalize(&mut new);
 
             // A graceful deletion still running (a pod's grace period) is not completed by an update.
-            let grace_left = meta::meta(&old).get("deletionGracePeriodSeconds").and_then(Value::as_i64).unwrap_or(0) > 0;
+            let grace_left =
+                meta::meta(&old).get("deletionGracePeriodSeconds").and_then(Value::as_i64).unwrap_or(0) > 0;
             let finished = meta::is_deleting(&new)
                 && !grace_left
                 && meta::finalizers(&new).is_empty()
@@ -344,7 +345,11 @@ impl Registry {
                 if !finalizers.is_empty() {
                     m.insert("finalizers".into(), json!(finalizers));
                 }
-                Op::Put { key: key.clone(), value: r.encode(&obj)?, pre: Precondition::ModRevision(current.mod_revision) }
+                Op::Put {
+                    key: key.clone(),
+                    value: r.encode(&obj)?,
+                    pre: Precondition::ModRevision(current.mod_revision),
+                }
             } else {
                 Op::Delete { key: key.clone(), pre: Precondition::ModRevision(current.mod_revision) }
             };
