@@ -183,3 +183,25 @@ fn kubectl_1_27_logs() {
 fn kubectl_1_33_logs() {
     logs_with("1.33");
 }
+
+/// A kill -9 of kplane takes a process pod's whole process group with it: the main process and
+/// what it started in the background.
+#[test]
+fn process_pods_die_with_kplane() {
+    let mut server = Server::start_ephemeral();
+    let background = "  - name: c\n    image: x\n    command: [sh, -c, \"sleep 3599 & echo bg=$!; wait\"]\n";
+    let path = server.write_file("bg.yaml", &process_pod("bg", background, "Always"));
+    ok(&server, "1.33", &["apply", "-f", path.to_str().expect("utf-8 path")]);
+    let log = eventually(&server, "1.33", &["logs", "bg"], "the background pid", |s| s.starts_with("bg="));
+    let pid: u32 = log.trim().trim_start_matches("bg=").parse().expect("a pid");
+    let proc_dir = std::path::PathBuf::from(format!("/proc/{pid}"));
+    assert!(proc_dir.exists(), "the background process runs");
+    server.kill_9();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    // A zombie left for init to reap counts as gone.
+    let alive = || std::fs::read_to_string(proc_dir.join("stat")).is_ok_and(|s| !s.contains(") Z "));
+    while alive() {
+        assert!(Instant::now() < deadline, "process {pid}, started in the background by a container, outlived kplane");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

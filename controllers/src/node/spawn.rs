@@ -1,6 +1,6 @@
 //! Host processes of process pods: spawning one container instance in its own process group
-//! (dying with kplane), signalling groups, container IDs, and the runtime's wording for a
-//! process that cannot start (runc's, as containerd reports it).
+//! (all of it dying with kplane, through a guard process), signalling groups, container IDs,
+//! and the runtime's wording for a process that cannot start (runc's, as containerd reports it).
 
 use super::logs::PodKey;
 use std::hash::{BuildHasher, Hasher};
@@ -57,7 +57,38 @@ pub fn spawn(argv: &[String], env: &[(String, String)], dir: Option<&str>) -> st
                 .map_err(std::io::Error::from)
         });
     }
-    cmd.spawn()
+    let child = cmd.spawn()?;
+    if let Some(pgid) = child.id() {
+        // Without it, only the main process would die with kplane (the death signal reaches a
+        // direct child only); a group that is already gone needs no guard.
+        let _ = spawn_guard(pgid);
+    }
+    Ok(child)
+}
+
+/// A guard in the container's process group: told by its own death signal (USR1) that kplane
+/// is gone, it kills the whole group, so processes a container started in the background go
+/// too. It ignores the TERM a graceful stop sends the group, and goes with the group's KILL
+/// (a stop, or the end of the main process).
+fn spawn_guard(pgid: u32) -> std::io::Result<()> {
+    const SCRIPT: &str = "trap '' TERM INT HUP; trap 'kill -KILL 0' USR1; while :; do sleep 3600 & wait $!; done";
+    let mut cmd = tokio::process::Command::new("/bin/sh");
+    cmd.args(["-c", SCRIPT])
+        .env_clear()
+        .current_dir("/")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(i32::try_from(pgid).map_err(|_| std::io::ErrorKind::InvalidInput)?);
+    // SAFETY: as in `spawn`: one async-signal-safe system call before exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::USR1))
+                .map_err(std::io::Error::from)
+        });
+    }
+    // Not awaited: tokio reaps it when the group's KILL ends it.
+    cmd.spawn().map(drop)
 }
 
 #[cfg(test)]
