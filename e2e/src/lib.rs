@@ -264,6 +264,20 @@ impl Server {
             .unwrap_or_else(|e| panic!("kubectl.{version} {}: {e:#}", args.join(" ")))
     }
 
+    /// Runs kubectl, asserts it succeeded, returns its stdout.
+    pub fn kubectl_ok(&self, version: &str, args: &[&str]) -> String {
+        let out = self.kubectl(version, args);
+        assert!(out.status.success(), "expected success: {}", describe_kubectl(version, args, &out));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs kubectl, asserts it exited 1 (a request kubectl or the server refused), returns stderr.
+    pub fn kubectl_fails(&self, version: &str, args: &[&str]) -> String {
+        let out = self.kubectl(version, args);
+        assert_eq!(out.status.code(), Some(1), "expected exit 1: {}", describe_kubectl(version, args, &out));
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
     /// Starts a long-running kubectl (e.g. `get -w`) whose stdout lines can be awaited.
     pub fn kubectl_spawn(&self, version: &str, args: &[&str]) -> Spawned {
         let mut cmd = self.kubectl_command(version, args);
@@ -345,6 +359,17 @@ impl Drop for Spawned {
 }
 
 /// Runs `cmd` to completion with captured output; kills it (by its pid) after `timeout`.
+/// A kubectl run, for assertion messages: the command, exit code, stdout and stderr.
+pub fn describe_kubectl(version: &str, args: &[&str], out: &Output) -> String {
+    format!(
+        "kubectl[{version}] {}\nexit: {:?}\nstdout:\n{}\nstderr:\n{}",
+        args.join(" "),
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
 pub fn run_with_deadline(cmd: &mut Command, timeout: Duration) -> anyhow::Result<Output> {
     let child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
     let pid = child.id();

@@ -4,8 +4,15 @@
 
 use kplane_e2e::{DISPATCHER, Server};
 use serde_json::Value;
-use std::process::Output;
 use std::time::Duration;
+
+fn ok(server: &Server, version: &str, args: &[&str]) -> String {
+    server.kubectl_ok(version, args)
+}
+
+fn fails(server: &Server, version: &str, args: &[&str]) -> String {
+    server.kubectl_fails(version, args)
+}
 
 const CONFIGMAP: &str = "\
 apiVersion: v1
@@ -33,30 +40,6 @@ spec:
     port: 80
     targetPort: 8080
 ";
-
-fn describe(version: &str, args: &[&str], out: &Output) -> String {
-    format!(
-        "kubectl[{version}] {}\nexit: {:?}\nstdout:\n{}\nstderr:\n{}",
-        args.join(" "),
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-/// Runs kubectl, asserts it succeeded, returns stdout.
-fn ok(server: &Server, version: &str, args: &[&str]) -> String {
-    let out = server.kubectl(version, args);
-    assert!(out.status.success(), "expected success: {}", describe(version, args, &out));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Runs kubectl, asserts it exited 1, returns stderr.
-fn fails(server: &Server, version: &str, args: &[&str]) -> String {
-    let out = server.kubectl(version, args);
-    assert_eq!(out.status.code(), Some(1), "expected exit 1: {}", describe(version, args, &out));
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
 
 fn json(server: &Server, version: &str, args: &[&str]) -> Value {
     let mut all = args.to_vec();
@@ -175,7 +158,11 @@ fn create_get_modify_delete(v: &str) {
     let selected = ok(&server, v, &["get", "cm", "-l", "tier=web", "-o", "name"]);
     assert_eq!(selected.trim(), "configmap/cm1");
     let none = server.kubectl(v, &["get", "cm", "-l", "tier=db", "-o", "name"]);
-    assert!(none.status.success() && none.stdout.is_empty(), "{}", describe(v, &["get -l tier=db"], &none));
+    assert!(
+        none.status.success() && none.stdout.is_empty(),
+        "{}",
+        kplane_e2e::describe_kubectl(v, &["get -l tier=db"], &none)
+    );
 
     assert_eq!(ok(&server, v, &["delete", "cm", "cm1"]).trim(), r#"configmap "cm1" deleted"#);
     let err = fails(&server, v, &["get", "cm", "cm1"]);

@@ -5,33 +5,18 @@
 
 use kplane_e2e::Server;
 use serde_json::Value;
-use std::process::Output;
 use std::time::{Duration, Instant};
 
-/// How long a namespace may take to go (a pod on a missing node waits out pod GC's quarantine).
-const GONE_WITHIN: Duration = Duration::from_secs(60);
-
-fn describe(version: &str, args: &[&str], out: &Output) -> String {
-    format!(
-        "kubectl[{version}] {}\nexit: {:?}\nstdout:\n{}\nstderr:\n{}",
-        args.join(" "),
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
 fn ok(server: &Server, version: &str, args: &[&str]) -> String {
-    let out = server.kubectl(version, args);
-    assert!(out.status.success(), "expected success: {}", describe(version, args, &out));
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    server.kubectl_ok(version, args)
 }
 
 fn fails(server: &Server, version: &str, args: &[&str]) -> String {
-    let out = server.kubectl(version, args);
-    assert_eq!(out.status.code(), Some(1), "expected exit 1: {}", describe(version, args, &out));
-    String::from_utf8_lossy(&out.stderr).into_owned()
+    server.kubectl_fails(version, args)
 }
+
+/// How long a namespace may take to go (a pod on a missing node waits out pod GC's quarantine).
+const GONE_WITHIN: Duration = Duration::from_secs(60);
 
 fn json(server: &Server, version: &str, args: &[&str]) -> Value {
     let mut all = args.to_vec();

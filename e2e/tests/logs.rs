@@ -4,32 +4,17 @@
 //! for unknown pods, containers and previous instances. Each test has its own server.
 
 use kplane_e2e::Server;
-use std::process::Output;
 use std::time::{Duration, Instant};
 
-const WITHIN: Duration = Duration::from_secs(60);
-
-fn describe(args: &[&str], out: &Output) -> String {
-    format!(
-        "kubectl {}\nexit: {:?}\nstdout:\n{}\nstderr:\n{}",
-        args.join(" "),
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
 fn ok(server: &Server, version: &str, args: &[&str]) -> String {
-    let out = server.kubectl(version, args);
-    assert!(out.status.success(), "expected success: {}", describe(args, &out));
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    server.kubectl_ok(version, args)
 }
 
 fn fails(server: &Server, version: &str, args: &[&str]) -> String {
-    let out = server.kubectl(version, args);
-    assert_eq!(out.status.code(), Some(1), "expected exit 1: {}", describe(args, &out));
-    String::from_utf8_lossy(&out.stderr).into_owned()
+    server.kubectl_fails(version, args)
 }
+
+const WITHIN: Duration = Duration::from_secs(60);
 
 /// Polls `kubectl ARGS` until `check` accepts its stdout.
 fn eventually(server: &Server, version: &str, args: &[&str], what: &str, check: impl Fn(&str) -> bool) -> String {
@@ -40,7 +25,11 @@ fn eventually(server: &Server, version: &str, args: &[&str], what: &str, check: 
         if out.status.success() && check(&stdout) {
             return stdout;
         }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}: {}", describe(args, &out));
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}: {}",
+            kplane_e2e::describe_kubectl(version, args, &out)
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -119,7 +108,7 @@ fn logs_with(version: &str) {
     assert!(err.contains("previous terminated container \"a\" in pod \"two\" not found"), "{err}");
     // Several containers and none named: kubectl picks the first and says so.
     let out = server.kubectl(version, &["logs", "two"]);
-    assert!(out.status.success(), "{}", describe(&["logs", "two"], &out));
+    assert!(out.status.success(), "{}", kplane_e2e::describe_kubectl(version, &["logs", "two"], &out));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("Defaulted container \"a\""), "{stderr}");
 }
