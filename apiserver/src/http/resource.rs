@@ -6,12 +6,12 @@ use super::codec::{self, Query, Shape, json_response, shape_list, shape_object};
 use super::logs;
 use super::path::{self, Target};
 use crate::error::{ApiError, ApiResult, Reason};
-use crate::registry::{PatchType, Subresource, Watch, WatchEvent};
+use crate::registry::{PatchType, Subresource, Watch};
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde_json::{Value, json};
+use serde_json::Value;
 use std::sync::Arc;
 
 /// Serves every path under `/api` and `/apis` that names a resource.
@@ -149,20 +149,18 @@ fn watch_response(watch: Watch, r: &Arc<crate::registry::Resource>, shape: Shape
                 Some(d) => tokio::time::timeout_at(d, watch.next()).await.ok()??,
                 None => watch.next().await?,
             };
-            let object = match (&event, shape) {
-                (WatchEvent::Bookmark(o) | WatchEvent::Error(o), _) => o.clone(),
-                (e, Shape::Table) => {
-                    let obj = e.object().clone();
-                    let rv = obj["metadata"].get("resourceVersion").cloned();
-                    codec::to_table(&r, include.as_deref(), std::slice::from_ref(&obj), rv, first)
+            let is_row = event.watched().is_some();
+            let line = match (event.watched(), shape) {
+                // The object's encoding is shared by every watcher of this event.
+                (Some(o), Shape::Object) => watch_line(event.type_name(), o.json()),
+                (Some(o), Shape::PartialMetadata) => watch_line(event.type_name(), o.partial_metadata_json()),
+                (Some(o), Shape::Table) => {
+                    let rv = o.value()["metadata"].get("resourceVersion").cloned();
+                    let table = codec::to_table(&r, include.as_deref(), std::slice::from_ref(o.value()), rv, first);
+                    watch_line(event.type_name(), &serde_json::to_vec(&table).unwrap_or_default())
                 }
-                (e, Shape::PartialMetadata) => crate::registry::table::partial_metadata(e.object()),
-                (e, Shape::Object) => e.object().clone(),
+                (None, _) => watch_line(event.type_name(), &serde_json::to_vec(event.object()).unwrap_or_default()),
             };
-            let is_row = !matches!(event, WatchEvent::Bookmark(_) | WatchEvent::Error(_));
-            let mut line =
-                serde_json::to_vec(&json!({"type": event.type_name(), "object": object})).unwrap_or_default();
-            line.push(b'\n');
             Some((Ok::<_, std::io::Error>(Bytes::from(line)), (watch, first && !is_row)))
         }
     });
@@ -170,4 +168,15 @@ fn watch_response(watch: Watch, r: &Arc<crate::registry::Resource>, shape: Shape
     resp.headers_mut()
         .insert(axum::http::header::CONTENT_TYPE, axum::http::HeaderValue::from_static("application/json"));
     resp
+}
+
+/// One newline-terminated `{"type":…,"object":…}` line around an already encoded object.
+fn watch_line(type_name: &str, object: &[u8]) -> Vec<u8> {
+    let mut line = Vec::with_capacity(object.len() + type_name.len() + 24);
+    line.extend_from_slice(b"{\"type\":\"");
+    line.extend_from_slice(type_name.as_bytes());
+    line.extend_from_slice(b"\",\"object\":");
+    line.extend_from_slice(object);
+    line.extend_from_slice(b"}\n");
+    line
 }

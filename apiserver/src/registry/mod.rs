@@ -22,9 +22,10 @@ mod secrets;
 mod serviceaccounts;
 mod services;
 pub mod table;
+mod watch;
 
-pub use list::{Watch, WatchEvent};
 pub use options::{DeleteOptions, ListOptions, PatchType, WatchOptions, WriteOptions};
+pub use watch::{Watch, WatchEvent, WatchedObject};
 
 use crate::error::{ApiError, ApiResult, FieldError, GroupResource};
 use crate::storage::Store;

@@ -1,8 +1,9 @@
 //! The watch history: the last N events in memory, and the fan-out of new ones to watchers.
 
 use super::{Bytes, Revision, StorageError, StorageResult};
+use std::any::Any;
 use std::collections::VecDeque;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use tokio::sync::broadcast;
 
 /// Events kept for watches to resume from (etcd keeps more, but compacts every 5 minutes;
@@ -27,6 +28,43 @@ pub struct Event {
     pub kind: EventKind,
     pub value: Option<Bytes>,
     pub prev: Option<Bytes>,
+    /// What watchers derive from this event, computed by the first and shared with the rest.
+    pub memo: Memo,
+}
+
+/// Forms the layers above derive from one event (decoded objects, encoded lines), each made
+/// once however many watchers receive the event, as upstream's watch cache shares one
+/// serialization among watchers. Storage never looks inside; a tag names the deriver.
+#[derive(Default)]
+pub struct Memo(Mutex<Vec<(usize, Arc<dyn Any + Send + Sync>)>>);
+
+impl Memo {
+    /// The value derived under `tag`, made by `make` if this is the first asker. Askers that
+    /// come while it is being made wait for it rather than making their own.
+    pub fn get_or_insert_with<T: Any + Send + Sync>(&self, tag: usize, make: impl FnOnce() -> T) -> Arc<T> {
+        let mut slots = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some((_, v)) = slots.iter().find(|(t, _)| *t == tag)
+            && let Ok(v) = v.clone().downcast::<T>()
+        {
+            return v;
+        }
+        let v = Arc::new(make());
+        slots.push((tag, v.clone()));
+        v
+    }
+}
+
+impl Clone for Memo {
+    /// A copied event derives its forms afresh.
+    fn clone(&self) -> Self {
+        Memo::default()
+    }
+}
+
+impl std::fmt::Debug for Memo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Memo")
+    }
 }
 
 pub(super) struct History {

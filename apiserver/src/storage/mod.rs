@@ -9,7 +9,7 @@ mod history;
 mod memory;
 mod sled_backend;
 
-pub use history::{Event, EventKind, WatchStream};
+pub use history::{Event, EventKind, Memo, WatchStream};
 pub use memory::MemoryBackend;
 pub use sled_backend::SledBackend;
 
@@ -190,13 +190,27 @@ impl Store {
                     stored.extend_from_slice(&value);
                     writes.push((key.clone(), Some(Bytes::from(stored))));
                     let kind = if prev.is_some() { EventKind::Modified } else { EventKind::Added };
-                    events.push(Event { revision, key, kind, value: Some(value), prev: prev.map(|(_, v)| v) });
+                    events.push(Event {
+                        revision,
+                        key,
+                        kind,
+                        value: Some(value),
+                        prev: prev.map(|(_, v)| v),
+                        memo: Memo::default(),
+                    });
                 }
                 Op::Delete { key, .. } => {
                     // Deleting an absent key (no precondition) is a no-op, not an event.
                     if let Some((_, prev)) = prev {
                         writes.push((key.clone(), None));
-                        events.push(Event { revision, key, kind: EventKind::Deleted, value: None, prev: Some(prev) });
+                        events.push(Event {
+                            revision,
+                            key,
+                            kind: EventKind::Deleted,
+                            value: None,
+                            prev: Some(prev),
+                            memo: Memo::default(),
+                        });
                     }
                 }
             }
