@@ -576,6 +576,77 @@ async fn live_updates_are_answered_without_resync() {
 }
 
 #[tokio::test]
+async fn new_services_answer_at_once_and_existing_names_never_fail_during_churn() {
+    let env = start().await;
+    let api: Api<Service> = Api::namespaced(env.cluster.client(), "default");
+    // 300 Services present, created 50 at a time.
+    let mut existing: Vec<(String, String)> = Vec::new();
+    for chunk in (0..300).collect::<Vec<_>>().chunks(50) {
+        let names: Vec<String> = chunk.iter().map(|i| format!("old-{i}")).collect();
+        let spec = json!({"ports": [{"name": "http", "port": 80}]});
+        let made =
+            futures::future::join_all(names.iter().map(|n| env.create_service("default", n, spec.clone()))).await;
+        for svc in made {
+            let name = svc.metadata.name.clone().expect("name");
+            existing.push((format!("{name}.default.svc.cluster.local."), cluster_ip(&svc).to_string()));
+        }
+    }
+    let last = existing.last().cloned().expect("services");
+    eventually("the last of 300", || async {
+        rdata(&udp(env.addr(), &last.0, RecordType::A).await.answers) == vec![last.1.clone()]
+    })
+    .await;
+    // Ask existing names (A and SRV) in a loop while Services come, change and go.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let asker = {
+        let (addr, stop, existing) = (env.addr(), stop.clone(), existing.clone());
+        tokio::spawn(async move {
+            let (mut asked, mut wrong) = (0usize, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let (name, ip) = &existing[asked * 7 % existing.len()];
+                let m = udp(addr, name, RecordType::A).await;
+                if rdata(&m.answers) != vec![ip.clone()] {
+                    wrong.push(format!("{name} A: {:?} {:?}", m.metadata.response_code, rdata(&m.answers)));
+                }
+                let srv = format!("_http._tcp.{name}");
+                let m = udp(addr, &srv, RecordType::SRV).await;
+                if m.metadata.response_code != ResponseCode::NoError || m.answers.len() != 1 {
+                    wrong.push(format!("{srv} SRV: {:?}", m.metadata.response_code));
+                }
+                asked += 1;
+            }
+            (asked, wrong)
+        })
+    };
+    for i in 0..40 {
+        // A new Service answers as soon as its watch event is applied: no rebuild to wait for.
+        let svc = env.create_service("default", &format!("new-{i}"), json!({"ports": [{"port": 80}]})).await;
+        let (name, ip) = (format!("new-{i}.default.svc.cluster.local."), cluster_ip(&svc).to_string());
+        eventually("a new service", || async {
+            rdata(&udp(env.addr(), &name, RecordType::A).await.answers) == vec![ip.clone()]
+        })
+        .await;
+        // An existing Service changes (an event for a name being asked), another one goes.
+        let patch = json!({"metadata": {"labels": {"round": i.to_string()}}});
+        api.patch(&format!("old-{}", i * 7 % 300), &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .expect("patch");
+        if i % 2 == 0 {
+            api.delete(&format!("new-{}", i / 2), &DeleteParams::default()).await.expect("delete");
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (asked, wrong) = asker.await.expect("asker");
+    assert!(asked >= 40, "asked only {asked} times");
+    assert!(
+        wrong.is_empty(),
+        "{} of {asked} answers for existing names were wrong: {:?}",
+        wrong.len(),
+        &wrong[..wrong.len().min(5)]
+    );
+}
+
+#[tokio::test]
 async fn large_headless_answers_truncate_and_retry_over_tcp() {
     let env = start().await;
     env.create_service("default", "many", json!({"clusterIP": "None", "ports": [{"name": "http", "port": 80}]})).await;

@@ -52,18 +52,49 @@ pub struct EndpointGroup {
 /// `(namespace, name)`.
 pub type Key = (String, String);
 
-/// Everything the zone needs, indexed. Built whole from the reflectors' stores on every change.
+/// What an update changed, for the answers prepared ahead of time: the Services whose names may
+/// answer differently now, or every Service of a namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Touched {
+    Service(Key),
+    Namespace(String),
+}
+
+/// Everything the zone needs, indexed, and kept current one object at a time: each `apply_*` /
+/// `delete_*` touches only the entries of that object (CoreDNS's informer indexers), so an update
+/// costs the same with 10 or 10,000 Services. [`ClusterData::build`] is the same updates from empty.
 #[derive(Debug, Clone, Default)]
 pub struct ClusterData {
     pub namespaces: BTreeSet<String>,
     pub services: BTreeMap<Key, ServiceEntry>,
+    /// The ready endpoints of each Service, one group per EndpointSlice in slice-name order.
     pub endpoints: BTreeMap<Key, Vec<EndpointGroup>>,
     /// ClusterIP → the Service that holds it (the first by namespace/name wins).
     pub service_ips: HashMap<IpAddr, Key>,
-    /// Ready endpoint IP → every (service, endpoint label) that lists it.
-    pub endpoint_ips: HashMap<IpAddr, Vec<(Key, String)>>,
-    /// Pod IP → the namespaces of the running (not terminating) pods that have it.
-    pub pod_ips: HashMap<IpAddr, BTreeSet<String>>,
+    /// Ready endpoint IP → every (service, endpoint label) that lists it, with how many times.
+    pub endpoint_ips: HashMap<IpAddr, BTreeMap<(Key, String), usize>>,
+    /// Pod IP → the namespaces of the running (not terminating) pods that have it, with how many.
+    pub pod_ips: HashMap<IpAddr, BTreeMap<String, usize>>,
+    /// Every Service holding each ClusterIP (`service_ips` keeps the first).
+    ip_holders: HashMap<IpAddr, BTreeSet<Key>>,
+    /// EndpointSlice `(namespace, name)` → its Service and its group.
+    slices: HashMap<Key, (Key, EndpointGroup)>,
+    /// Service → its slices by name (`endpoints` is these groups in order).
+    slices_of: HashMap<Key, BTreeMap<String, EndpointGroup>>,
+    /// Pod `(namespace, name)` → the IPs it counts in `pod_ips` under its namespace.
+    pods: HashMap<Key, Vec<IpAddr>>,
+}
+
+/// The indexes the zone reads, compared (the bookkeeping behind them is not).
+impl PartialEq for ClusterData {
+    fn eq(&self, other: &Self) -> bool {
+        self.namespaces == other.namespaces
+            && self.services == other.services
+            && self.endpoints == other.endpoints
+            && self.service_ips == other.service_ips
+            && self.endpoint_ips == other.endpoint_ips
+            && self.pod_ips == other.pod_ips
+    }
 }
 
 impl ClusterData {
@@ -76,53 +107,224 @@ impl ClusterData {
     ) -> Self {
         let mut data = ClusterData::default();
         for ns in namespaces {
-            if let Some(name) = &ns.metadata.name {
-                data.namespaces.insert(name.to_ascii_lowercase());
-            }
+            data.apply_namespace(ns);
         }
         for svc in services {
-            if let (Some(key), Some(entry)) = (key_of(&svc.metadata), service_entry(svc)) {
-                data.services.insert(key, entry);
-            }
-        }
-        for (key, svc) in &data.services {
-            if let Kind::ClusterIp(ips) = &svc.kind {
-                for ip in ips {
-                    data.service_ips.entry(*ip).or_insert_with(|| key.clone());
-                }
-            }
+            data.apply_service(svc);
         }
         for slice in slices {
-            let Some(ns) = &slice.metadata.namespace else { continue };
-            let Some(service) = slice.metadata.labels.as_ref().and_then(|l| l.get(SERVICE_NAME_LABEL)) else {
-                continue;
-            };
-            if slice.address_type == "FQDN" {
-                continue;
-            }
-            let key = (ns.to_ascii_lowercase(), service.to_ascii_lowercase());
-            let group = endpoint_group(slice);
-            for ep in &group.endpoints {
-                data.endpoint_ips.entry(ep.ip).or_default().push((key.clone(), ep.hostname.clone()));
-            }
-            data.endpoints.entry(key).or_default().push(group);
+            data.apply_slice(slice);
         }
         for pod in pods {
-            let Some(ns) = &pod.metadata.namespace else { continue };
-            if pod.metadata.deletion_timestamp.is_some() {
-                continue;
-            }
-            let Some(status) = &pod.status else { continue };
-            let ips = status.pod_ips.iter().flatten().map(|p| p.ip.as_str()).chain(status.pod_ip.as_deref());
-            for ip in ips.filter_map(|ip| ip.parse::<IpAddr>().ok()) {
-                data.pod_ips.entry(ip).or_default().insert(ns.to_ascii_lowercase());
-            }
+            data.apply_pod(pod);
         }
         data
     }
+
+    /// A Namespace was added or changed.
+    pub fn apply_namespace(&mut self, ns: &Namespace) -> Vec<Touched> {
+        let Some(name) = &ns.metadata.name else { return Vec::new() };
+        let name = name.to_ascii_lowercase();
+        if self.namespaces.insert(name.clone()) { vec![Touched::Namespace(name)] } else { Vec::new() }
+    }
+
+    /// The Namespace `name` is gone.
+    pub fn delete_namespace(&mut self, name: &str) -> Vec<Touched> {
+        let name = name.to_ascii_lowercase();
+        if self.namespaces.remove(&name) { vec![Touched::Namespace(name)] } else { Vec::new() }
+    }
+
+    /// A Service was added or changed.
+    pub fn apply_service(&mut self, svc: &Service) -> Vec<Touched> {
+        let Some(key) = key_of(&svc.metadata) else { return Vec::new() };
+        match service_entry(svc) {
+            Some(entry) => {
+                if self.services.get(&key) == Some(&entry) {
+                    return Vec::new();
+                }
+                self.unindex_service_ips(&key);
+                if let Kind::ClusterIp(ips) = &entry.kind {
+                    for ip in ips {
+                        self.ip_holders.entry(*ip).or_default().insert(key.clone());
+                        self.elect(*ip);
+                    }
+                }
+                self.services.insert(key.clone(), entry);
+                vec![Touched::Service(key)]
+            }
+            None => self.delete_service(&key),
+        }
+    }
+
+    /// The Service `key` (namespace, name) is gone.
+    pub fn delete_service(&mut self, key: &Key) -> Vec<Touched> {
+        let key = (key.0.to_ascii_lowercase(), key.1.to_ascii_lowercase());
+        if !self.services.contains_key(&key) {
+            return Vec::new();
+        }
+        self.unindex_service_ips(&key);
+        self.services.remove(&key);
+        vec![Touched::Service(key)]
+    }
+
+    fn unindex_service_ips(&mut self, key: &Key) {
+        let Some(ServiceEntry { kind: Kind::ClusterIp(ips), .. }) = self.services.get(key) else { return };
+        for ip in ips.clone() {
+            if let Some(holders) = self.ip_holders.get_mut(&ip) {
+                holders.remove(key);
+                if holders.is_empty() {
+                    self.ip_holders.remove(&ip);
+                }
+            }
+            self.elect(ip);
+        }
+    }
+
+    /// `service_ips[ip]` = the first Service holding `ip`, if any.
+    fn elect(&mut self, ip: IpAddr) {
+        match self.ip_holders.get(&ip).and_then(|h| h.first()) {
+            Some(first) => {
+                if self.service_ips.get(&ip) != Some(first) {
+                    self.service_ips.insert(ip, first.clone());
+                }
+            }
+            None => {
+                self.service_ips.remove(&ip);
+            }
+        }
+    }
+
+    /// An EndpointSlice was added or changed (slices without the Service label, or of type FQDN,
+    /// count as absent).
+    pub fn apply_slice(&mut self, slice: &EndpointSlice) -> Vec<Touched> {
+        let (Some(ns), Some(name)) = (&slice.metadata.namespace, &slice.metadata.name) else { return Vec::new() };
+        let slice_key = (ns.clone(), name.clone());
+        let service = slice.metadata.labels.as_ref().and_then(|l| l.get(SERVICE_NAME_LABEL));
+        let Some(service) = service.filter(|_| slice.address_type != "FQDN") else {
+            return self.delete_slice(&slice_key);
+        };
+        let key = (ns.to_ascii_lowercase(), service.to_ascii_lowercase());
+        let group = endpoint_group(slice);
+        if self.slices.get(&slice_key) == Some(&(key.clone(), group.clone())) {
+            return Vec::new();
+        }
+        let mut touched = self.delete_slice(&slice_key);
+        for ep in &group.endpoints {
+            let at = self.endpoint_ips.entry(ep.ip).or_default();
+            *at.entry((key.clone(), ep.hostname.clone())).or_default() += 1;
+        }
+        self.slices_of.entry(key.clone()).or_default().insert(name.clone(), group.clone());
+        self.slices.insert(slice_key, (key.clone(), group));
+        self.regroup(&key);
+        if !touched.contains(&Touched::Service(key.clone())) {
+            touched.push(Touched::Service(key));
+        }
+        touched
+    }
+
+    /// The EndpointSlice `(namespace, name)` is gone.
+    pub fn delete_slice(&mut self, slice_key: &Key) -> Vec<Touched> {
+        let Some((key, group)) = self.slices.remove(slice_key) else { return Vec::new() };
+        for ep in &group.endpoints {
+            if let Some(at) = self.endpoint_ips.get_mut(&ep.ip) {
+                let label = (key.clone(), ep.hostname.clone());
+                if let Some(n) = at.get_mut(&label) {
+                    *n -= 1;
+                    if *n == 0 {
+                        at.remove(&label);
+                    }
+                }
+                if at.is_empty() {
+                    self.endpoint_ips.remove(&ep.ip);
+                }
+            }
+        }
+        if let Some(of) = self.slices_of.get_mut(&key) {
+            of.remove(&slice_key.1);
+            if of.is_empty() {
+                self.slices_of.remove(&key);
+            }
+        }
+        self.regroup(&key);
+        vec![Touched::Service(key)]
+    }
+
+    /// `endpoints[key]` from the Service's slices.
+    fn regroup(&mut self, key: &Key) {
+        match self.slices_of.get(key) {
+            Some(of) => {
+                self.endpoints.insert(key.clone(), of.values().cloned().collect());
+            }
+            None => {
+                self.endpoints.remove(key);
+            }
+        }
+    }
+
+    /// A Pod was added or changed: its IPs count under its namespace while it runs and is not
+    /// terminating. Pod names are not prepared answers, so nothing is reported touched.
+    pub fn apply_pod(&mut self, pod: &Pod) {
+        let (Some(ns), Some(name)) = (&pod.metadata.namespace, &pod.metadata.name) else { return };
+        let key = (ns.clone(), name.clone());
+        let mut ips: Vec<IpAddr> = Vec::new();
+        if pod.metadata.deletion_timestamp.is_none()
+            && let Some(status) = &pod.status
+        {
+            let all = status.pod_ips.iter().flatten().map(|p| p.ip.as_str()).chain(status.pod_ip.as_deref());
+            for ip in all.filter_map(|ip| ip.parse::<IpAddr>().ok()) {
+                if !ips.contains(&ip) {
+                    ips.push(ip);
+                }
+            }
+        }
+        if self.pods.get(&key).map(Vec::as_slice).unwrap_or_default() == ips.as_slice() {
+            return;
+        }
+        self.delete_pod(&key);
+        let lower = ns.to_ascii_lowercase();
+        for ip in &ips {
+            *self.pod_ips.entry(*ip).or_default().entry(lower.clone()).or_default() += 1;
+        }
+        if !ips.is_empty() {
+            self.pods.insert(key, ips);
+        }
+    }
+
+    /// The Pod `(namespace, name)` is gone.
+    pub fn delete_pod(&mut self, key: &Key) {
+        let Some(ips) = self.pods.remove(key) else { return };
+        let lower = key.0.to_ascii_lowercase();
+        for ip in ips {
+            if let Some(at) = self.pod_ips.get_mut(&ip) {
+                if let Some(n) = at.get_mut(&lower) {
+                    *n -= 1;
+                    if *n == 0 {
+                        at.remove(&lower);
+                    }
+                }
+                if at.is_empty() {
+                    self.pod_ips.remove(&ip);
+                }
+            }
+        }
+    }
+
+    /// The keys of the Services, slices and pods held (for a relist to drop those it no longer lists).
+    pub fn service_keys(&self) -> impl Iterator<Item = &Key> {
+        self.services.keys()
+    }
+
+    pub fn slice_keys(&self) -> impl Iterator<Item = &Key> {
+        self.slices.keys()
+    }
+
+    pub fn pod_keys(&self) -> impl Iterator<Item = &Key> {
+        self.pods.keys()
+    }
 }
 
-fn key_of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> Option<Key> {
+/// The key a Service is held under (lower case).
+pub fn key_of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> Option<Key> {
     Some((meta.namespace.as_ref()?.to_ascii_lowercase(), meta.name.as_ref()?.to_ascii_lowercase()))
 }
 

@@ -1,9 +1,10 @@
 //! kplane's cluster DNS: the Kubernetes DNS schema (kubernetes/dns spec 1.1.0, as the CoreDNS
 //! `kubernetes` plugin serves it) over any `kube::Client`, with forwarding of other names.
 //!
-//! `data` reduces API objects to DNS facts, `zone` answers questions from them (pure), `watch` keeps
-//! the zone current from reflectors, `forward` talks to upstreams, `server` is the hickory adapter,
-//! `resolv` reads and writes resolv.conf.
+//! `data` reduces API objects to DNS facts, `zone` answers questions from them (pure), `prepared`
+//! keeps the zone with its positive answers encoded ahead of time, `watch` applies each watch event
+//! to it, `forward` talks to upstreams, `server` is the hickory adapter (TCP), `udp` the receive
+//! loops, `resolv` reads and writes resolv.conf.
 //!
 //! ```no_run
 //! # async fn demo(client: kube::Client) -> Result<(), kplane_dns::DnsError> {
@@ -17,8 +18,10 @@
 
 pub mod data;
 pub mod forward;
+pub mod prepared;
 pub mod resolv;
 mod server;
+mod udp;
 pub mod watch;
 pub mod zone;
 
@@ -160,10 +163,12 @@ pub async fn serve_on(client: kube::Client, sockets: DnsSockets, config: DnsConf
         ttl: config.ttl,
         local_addrs: vec![SocketAddr::new(local_ip, local_addr.port())],
     };
-    let mut feed = watch::start(client, zone_config);
+    let feed = watch::start(client, zone_config);
     let handler = server::Handler::new(feed.zone.clone(), forward::Upstreams::new(upstreams.clone()));
-    let listening = server::Listening::serve(sockets, handler);
-    let synced = tokio::time::timeout(STARTUP_TIMEOUT, feed.zone.wait_for(|z| z.synced())).await;
+    let listening =
+        server::Listening::serve(sockets, handler).map_err(|source| DnsError::Bind { addr: local_addr, source })?;
+    let mut synced_rx = feed.zone.synced();
+    let synced = tokio::time::timeout(STARTUP_TIMEOUT, synced_rx.wait_for(|s| *s)).await;
     if !matches!(synced, Ok(Ok(_))) {
         tracing::warn!("dns: starting with unsynced Kubernetes data");
     }

@@ -1,11 +1,15 @@
-//! The hickory adapter, and the only module that knows hickory: UDP and TCP listeners
-//! (`hickory_server::Server`), request checks as CoreDNS's server and miekg/dns's accept function
-//! (one question, class IN, opcode QUERY, EDNS version 0), cluster names answered from the [`Zone`],
-//! everything else forwarded through [`Upstreams`] with a [`Cache`]. Truncation to the client's UDP
+//! The hickory adapter: request checks as CoreDNS's server and miekg/dns's accept function (one
+//! question, class IN, opcode QUERY, EDNS version 0), cluster names answered from the [`Zone`],
+//! everything else forwarded through [`Upstreams`] with a [`Cache`]; TCP served by
+//! `hickory_server::Server`, UDP by the receive loops of `udp.rs`. Truncation to the client's UDP
 //! size (512 without EDNS) is hickory's encoder's.
+//!
+//! [`Zone`]: crate::zone::Zone
 
 use crate::forward::{Cache, ForwardError, Upstreams};
-use crate::zone::{self, Lookup, QType, Zone};
+use crate::prepared::LiveZone;
+use crate::udp;
+use crate::zone::{self, Lookup, QType};
 use hickory_server::Server;
 use hickory_server::net::runtime::Time;
 use hickory_server::net::xfer::Protocol;
@@ -15,13 +19,13 @@ use hickory_server::proto::op::{
 };
 use hickory_server::proto::rr::rdata::{A, AAAA, CNAME, NS, PTR, SOA, SRV, TXT};
 use hickory_server::proto::rr::{DNSClass, Name, RData, Record, RecordType};
+use hickory_server::proto::serialize::binary::{BinEncodable, BinEncoder};
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::MessageResponseBuilder;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, UdpSocket};
-use tokio::sync::watch;
 
 /// Idle TCP connections are closed after this long.
 const TCP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -33,7 +37,7 @@ const UPSTREAM_UDP_SIZE: u16 = 1232;
 
 /// Answers DNS questions: the cluster zone, else the upstreams.
 pub struct Handler {
-    zone: watch::Receiver<Arc<Zone>>,
+    pub(crate) zone: Arc<LiveZone>,
     upstreams: Upstreams,
     cache: Cache<(String, u16, bool), Reply>,
 }
@@ -51,71 +55,104 @@ struct Reply {
 }
 
 /// What to send back.
-struct Response {
+pub(crate) struct Response {
     metadata: Metadata,
     answers: Vec<Record>,
     authorities: Vec<Record>,
     additionals: Vec<Record>,
 }
 
+/// What the zone alone makes of a request.
+pub(crate) enum Local {
+    Done(Response),
+    /// Not a cluster name: the upstreams answer.
+    Forward {
+        metadata: Metadata,
+        query: Query,
+    },
+    /// An ExternalName outside the zone: its target's addresses come from upstream, after these.
+    Chase {
+        response: Response,
+        query: Query,
+    },
+}
+
 impl Handler {
-    pub fn new(zone: watch::Receiver<Arc<Zone>>, upstreams: Upstreams) -> Self {
+    pub fn new(zone: Arc<LiveZone>, upstreams: Upstreams) -> Self {
         Handler { zone, upstreams, cache: Cache::new(CACHE_ENTRIES, CACHE_MAX_TTL) }
     }
 
     /// The response to a request hickory has decoded (responses are already dropped by hickory).
     async fn respond(&self, request: &Request) -> Response {
+        let local = self.local(request);
+        self.finish(request, local).await
+    }
+
+    /// Everything but the upstreams' part: checks, and the zone's answer.
+    pub(crate) fn local(&self, request: &Request) -> Local {
         let mut metadata = Metadata::response_from_request(&request.metadata);
         if request.metadata.op_code != OpCode::Query {
-            return error(metadata, ResponseCode::NotImp);
+            return Local::Done(error(metadata, ResponseCode::NotImp));
         }
         // miekg/dns `defaultMsgAcceptFunc`: exactly one question, no stray records.
         let extra =
             request.additionals.len() + usize::from(request.edns.is_some()) + usize::from(request.signature.is_some());
         let queries = request.queries.queries();
         if queries.len() != 1 || request.answers.len() > 1 || !request.authorities.is_empty() || extra > 2 {
-            return error(metadata, ResponseCode::FormErr);
+            return Local::Done(error(metadata, ResponseCode::FormErr));
         }
         if request.edns.as_ref().is_some_and(|e| e.version() > 0) {
-            return error(metadata, ResponseCode::BADVERS);
+            return Local::Done(error(metadata, ResponseCode::BADVERS));
         }
         let query = queries[0].original();
         if query.query_class() != DNSClass::IN {
-            return error(metadata, ResponseCode::Refused);
+            return Local::Done(error(metadata, ResponseCode::Refused));
         }
         let qname = query.name().to_ascii();
-        let qtype = qtype(query.query_type());
-        let zone = self.zone.borrow().clone();
+        let served = self.zone.read();
+        let zone = &served.zone;
+        let answer = match zone.lookup(&qname, qtype(query.query_type())) {
+            Lookup::Answer(answer) => answer,
+            Lookup::NotOurs => return Local::Forward { metadata, query: query.clone() },
+        };
+        metadata.authoritative = answer.rcode != zone::Rcode::Refused;
+        metadata.response_code = match answer.rcode {
+            zone::Rcode::NoError => ResponseCode::NoError,
+            zone::Rcode::NxDomain => ResponseCode::NXDomain,
+            zone::Rcode::ServFail => ResponseCode::ServFail,
+            zone::Rcode::Refused => ResponseCode::Refused,
+        };
+        let convert = |records: &[zone::Record]| records.iter().map(record).collect::<Result<Vec<_>, _>>();
+        let (Ok(answers), Ok(authorities), Ok(additionals)) =
+            (convert(&answer.answers), convert(&answer.authority), convert(&answer.additionals))
+        else {
+            return Local::Done(error(metadata, ResponseCode::ServFail));
+        };
+        let response = Response { metadata, answers, authorities, additionals };
+        // An ExternalName outside the zone: its target's addresses come from upstream.
+        if let Some(target) = &answer.chase
+            && let Ok(name) = Name::from_ascii(target)
+            && !zone.contains(target)
+        {
+            return Local::Chase { response, query: Query::query(name, query.query_type()) };
+        }
+        Local::Done(response)
+    }
+
+    /// Complete `local` with the upstreams' part, if it has one.
+    pub(crate) async fn finish(&self, request: &Request, local: Local) -> Response {
         let dnssec_ok = request.edns.as_ref().is_some_and(|e| e.flags().dnssec_ok);
         let tcp = request.protocol() == Protocol::Tcp;
-        match zone.lookup(&qname, qtype) {
-            Lookup::Answer(answer) => {
-                metadata.authoritative = answer.rcode != zone::Rcode::Refused;
-                metadata.response_code = match answer.rcode {
-                    zone::Rcode::NoError => ResponseCode::NoError,
-                    zone::Rcode::NxDomain => ResponseCode::NXDomain,
-                    zone::Rcode::ServFail => ResponseCode::ServFail,
-                    zone::Rcode::Refused => ResponseCode::Refused,
-                };
-                let convert = |records: &[zone::Record]| records.iter().map(record).collect::<Result<Vec<_>, _>>();
-                let (Ok(mut answers), Ok(authorities), Ok(additionals)) =
-                    (convert(&answer.answers), convert(&answer.authority), convert(&answer.additionals))
-                else {
-                    return error(metadata, ResponseCode::ServFail);
-                };
-                // An ExternalName outside the zone: its target's addresses come from upstream.
-                if let Some(target) = &answer.chase
-                    && let Ok(name) = Name::from_ascii(target)
-                    && !zone.contains(target)
-                {
-                    let chased = Query::query(name, query.query_type());
-                    if let Ok(reply) = self.forward(&chased, request.metadata.recursion_desired, dnssec_ok, tcp).await {
-                        answers.extend(reply.answers);
-                    }
+        let rd = request.metadata.recursion_desired;
+        match local {
+            Local::Done(response) => response,
+            Local::Chase { mut response, query } => {
+                if let Ok(reply) = self.forward(&query, rd, dnssec_ok, tcp).await {
+                    response.answers.extend(reply.answers);
                 }
-                Response { metadata, answers, authorities, additionals }
+                response
             }
-            Lookup::NotOurs => match self.forward(query, request.metadata.recursion_desired, dnssec_ok, tcp).await {
+            Local::Forward { mut metadata, query } => match self.forward(&query, rd, dnssec_ok, tcp).await {
                 Ok(reply) => {
                     metadata.response_code = reply.rcode;
                     metadata.authoritative = reply.authoritative;
@@ -130,7 +167,7 @@ impl Handler {
                 }
                 Err(ForwardError::Overloaded) => error(metadata, ResponseCode::Refused),
                 Err(e) => {
-                    tracing::debug!(name = %qname, error = %e, "dns: forwarding failed");
+                    tracing::debug!(name = %query.name(), error = %e, "dns: forwarding failed");
                     error(metadata, ResponseCode::ServFail)
                 }
             },
@@ -220,7 +257,7 @@ fn qtype(t: RecordType) -> QType {
 }
 
 /// A zone record as a hickory record.
-fn record(r: &zone::Record) -> Result<Record, ProtoError> {
+pub(crate) fn record(r: &zone::Record) -> Result<Record, ProtoError> {
     let name = |s: &str| Name::from_ascii(s);
     let data = match &r.data {
         zone::RData::A(ip) => RData::A(A(*ip)),
@@ -239,17 +276,55 @@ fn record(r: &zone::Record) -> Result<Record, ProtoError> {
     Ok(Record::from_rdata(name(&r.name)?, r.ttl, data))
 }
 
+/// EDNS in, EDNS out: the client's UDP size (at least 512) bounds the reply (RFC 6891).
+fn response_edns(request: &Request) -> Option<Edns> {
+    request.edns.as_ref().map(|req| {
+        let mut e = Edns::new();
+        e.set_max_payload(req.max_payload().max(512));
+        e.set_dnssec_ok(req.flags().dnssec_ok);
+        e
+    })
+}
+
+/// `response` encoded for UDP as hickory-server does: within the client's size, truncated (TC)
+/// when it does not fit; SERVFAIL if it cannot be encoded.
+pub(crate) fn encode_udp(request: &Request, response: &Response) -> Vec<u8> {
+    let edns = response_edns(request);
+    let message = MessageResponseBuilder::new(&request.queries, edns.as_ref()).build(
+        response.metadata,
+        response.answers.iter(),
+        response.authorities.iter(),
+        std::iter::empty(),
+        response.additionals.iter(),
+    );
+    let mut bytes = Vec::with_capacity(512);
+    let mut encoder = BinEncoder::new(&mut bytes);
+    encoder.set_max_size(edns.as_ref().map_or(512, Edns::max_payload));
+    if message.destructive_emit(&mut encoder).is_ok() {
+        return bytes;
+    }
+    let mut failed = Metadata::response_from_request(&request.metadata);
+    failed.response_code = ResponseCode::ServFail;
+    header_only(failed)
+}
+
+/// A message of just a header (errors for requests that could not be decoded).
+pub(crate) fn header_only(metadata: Metadata) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(12);
+    let header = Header { metadata, counts: HeaderCounts::default() };
+    // A header always encodes.
+    let _ = header.emit(&mut BinEncoder::new(&mut bytes));
+    bytes
+}
+
+/// The handler as hickory-server's TCP side holds it.
+struct Tcp(Arc<Handler>);
+
 #[async_trait::async_trait]
-impl RequestHandler for Handler {
+impl RequestHandler for Tcp {
     async fn handle_request<R: ResponseHandler, T: Time>(&self, request: &Request, mut handle: R) -> ResponseInfo {
-        let response = self.respond(request).await;
-        // EDNS in, EDNS out: the client's UDP size (at least 512) bounds the reply (RFC 6891).
-        let edns = request.edns.as_ref().map(|req| {
-            let mut e = Edns::new();
-            e.set_max_payload(req.max_payload().max(512));
-            e.set_dnssec_ok(req.flags().dnssec_ok);
-            e
-        });
+        let response = self.0.respond(request).await;
+        let edns = response_edns(request);
         let metadata = response.metadata;
         let message = MessageResponseBuilder::new(&request.queries, edns.as_ref()).build(
             metadata,
@@ -270,9 +345,10 @@ impl RequestHandler for Handler {
     }
 }
 
-/// Sockets bound and being served.
+/// Sockets bound and being served: TCP by hickory-server, UDP by [`udp::Workers`].
 pub struct Listening {
-    server: Server<Handler>,
+    server: Server<Tcp>,
+    udp: udp::Workers,
 }
 
 impl Listening {
@@ -284,11 +360,12 @@ impl Listening {
     }
 
     /// Serve the sockets with `handler`.
-    pub fn serve((udp, tcp): (UdpSocket, TcpListener), handler: Handler) -> Self {
-        let mut server = Server::new(handler);
-        server.register_socket(udp);
+    pub fn serve((udp, tcp): (UdpSocket, TcpListener), handler: Handler) -> std::io::Result<Self> {
+        let handler = Arc::new(handler);
+        let udp = udp::Workers::start(udp, handler.clone())?;
+        let mut server = Server::new(Tcp(handler));
         server.register_listener(tcp, TCP_TIMEOUT, 64);
-        Listening { server }
+        Ok(Listening { server, udp })
     }
 
     /// Stop accepting and wait for the listeners to end.
@@ -296,6 +373,7 @@ impl Listening {
         if let Err(e) = self.server.shutdown_gracefully().await {
             tracing::debug!(error = %e, "dns: shutdown");
         }
+        self.udp.stop().await;
     }
 }
 

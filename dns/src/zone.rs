@@ -12,6 +12,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 pub const SCHEMA_VERSION: &str = "1.1.0";
 /// TTL of the `dns-version` TXT record (CoreDNS hard-codes it).
 const VERSION_TTL: u32 = 28800;
+/// Services with more endpoints than this get no prepared endpoint names (see [`Zone::names_of`]).
+pub const MAX_PREPARED_ENDPOINTS: usize = 256;
 /// CNAME chains longer than this stop being followed (`maxCnameChainLength`).
 const MAX_CNAME_CHAIN: usize = 10;
 
@@ -185,8 +187,63 @@ impl Zone {
 
     /// Whether `name` is the cluster domain or under it (these are never forwarded).
     pub fn contains(&self, name: &str) -> bool {
-        let lower = name.trim_end_matches('.').to_ascii_lowercase();
-        lower == self.domain || lower.ends_with(&format!(".{}", self.domain))
+        let name = name.trim_end_matches('.').as_bytes();
+        let domain = self.domain.as_bytes();
+        match name.len().checked_sub(domain.len()) {
+            Some(0) => name.eq_ignore_ascii_case(domain),
+            Some(cut) => name[cut - 1] == b'.' && name[cut..].eq_ignore_ascii_case(domain),
+            None => false,
+        }
+    }
+
+    /// The indexes, to update in place (then [`Zone::touch`]).
+    pub fn data_mut(&mut self) -> &mut ClusterData {
+        &mut self.data
+    }
+
+    pub fn data(&self) -> &ClusterData {
+        &self.data
+    }
+
+    /// Record a change at `serial` (the SOA serial: Unix seconds of the last change).
+    pub fn touch(&mut self, serial: u32) {
+        self.serial = serial;
+    }
+
+    pub fn set_synced(&mut self, synced: bool) {
+        self.synced = synced;
+    }
+
+    /// The names whose answers depend only on the Service `key`, its EndpointSlices and its
+    /// namespace: the Service name, `_port._proto.` names of its named ports, and its endpoint
+    /// names (at most [`MAX_PREPARED_ENDPOINTS`]). Lower case, fully qualified. ExternalName
+    /// Services have none (their CNAME may lead to other Services).
+    pub fn names_of(&self, key: &Key) -> Vec<String> {
+        let Some(svc) = self.data.services.get(key) else { return Vec::new() };
+        if !self.data.namespaces.contains(&key.0) || matches!(svc.kind, Kind::ExternalName(_)) {
+            return Vec::new();
+        }
+        let name = self.service_name(key);
+        let groups = self.data.endpoints.get(key).map(Vec::as_slice).unwrap_or_default();
+        let mut names = vec![name.clone()];
+        let ports = svc.ports.iter().chain(groups.iter().flat_map(|g| &g.ports));
+        for p in ports.filter(|p| !p.name.is_empty() && !p.protocol.is_empty()) {
+            let port = format!("_{}._{}.{name}", p.name, p.protocol).to_ascii_lowercase();
+            if !names.contains(&port) {
+                names.push(port);
+            }
+        }
+        let endpoints: Vec<&str> = groups.iter().flat_map(|g| &g.endpoints).map(|e| e.hostname.as_str()).collect();
+        if endpoints.len() <= MAX_PREPARED_ENDPOINTS {
+            let start = names.len();
+            for host in endpoints {
+                let ep = format!("{host}.{name}");
+                if !names[start..].contains(&ep) {
+                    names.push(ep);
+                }
+            }
+        }
+        names
     }
 
     /// Answer `qtype` for `qname` (any case; the answers keep the question's spelling).
@@ -451,7 +508,7 @@ impl Zone {
         };
         let ip: IpAddr = text.parse().map_err(|_| NameError)?;
         match self.data.pod_ips.get(&ip) {
-            Some(namespaces) if namespaces.contains(r.namespace) => Ok(vec![Entry {
+            Some(namespaces) if namespaces.contains_key(r.namespace) => Ok(vec![Entry {
                 host: Host::Ip(ip),
                 port: 0,
                 key: format!("{}.{}.pod.{}.", r.service, r.namespace, self.domain),
@@ -514,7 +571,7 @@ impl Zone {
             Some(key) => vec![self.service_name(key)],
             None => {
                 let mut t: Vec<String> = Vec::new();
-                for (key, hostname) in self.data.endpoint_ips.get(&ip).into_iter().flatten() {
+                for (key, hostname) in self.data.endpoint_ips.get(&ip).into_iter().flat_map(|at| at.keys()) {
                     let name = format!("{hostname}.{}", self.service_name(key));
                     if !t.contains(&name) {
                         t.push(name);
