@@ -31,12 +31,21 @@ pub struct Encoded {
 }
 
 /// Prepared answers by name, for A, AAAA and SRV.
-#[derive(Debug, Default, PartialEq, Eq)]
+#[derive(Debug, Default)]
 pub struct Prepared {
     /// hickory compares and hashes names case-insensitively.
     answers: HashMap<Name, [Option<Encoded>; 3]>,
     /// The names each Service put in `answers`.
     names_of: HashMap<Key, Vec<Name>>,
+    /// Questions looked up to prepare answers, ever (what an update cost).
+    lookups: usize,
+}
+
+/// The answers held (not what they cost).
+impl PartialEq for Prepared {
+    fn eq(&self, other: &Self) -> bool {
+        self.answers == other.answers && self.names_of == other.names_of
+    }
 }
 
 impl Prepared {
@@ -53,6 +62,11 @@ impl Prepared {
     pub fn get(&self, name: &Name, rtype: RecordType) -> Option<&Encoded> {
         let slot = TYPES.iter().position(|t| *t == rtype)?;
         self.answers.get(name)?[slot].as_ref()
+    }
+
+    /// Questions looked up so far to prepare answers.
+    pub fn lookups(&self) -> usize {
+        self.lookups
     }
 
     /// Names with at least one prepared answer.
@@ -92,6 +106,7 @@ impl Prepared {
         let mut names = Vec::new();
         for text in zone.names_of(key) {
             let Ok(name) = Name::from_ascii(&text) else { continue };
+            self.lookups += TYPES.len();
             let slots = TYPES.map(|t| encode(zone, &text, &name, t));
             if slots.iter().any(Option::is_some) {
                 self.answers.insert(name.clone(), slots);

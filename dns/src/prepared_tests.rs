@@ -234,3 +234,31 @@ fn incremental_zone_equals_zone_built_from_scratch() {
     }
     assert!(prepared_seen > 1000, "the random worlds prepare answers ({prepared_seen})");
 }
+
+#[test]
+fn one_event_updates_one_service_whatever_the_cluster_size() {
+    let namespace: Namespace = obj(json!({"metadata": {"name": "ns0"}}));
+    let mut services = Vec::new();
+    for i in 0..2000 {
+        let ip = format!("10.1.{}.{}", i / 250, i % 250 + 1);
+        let spec =
+            json!({"clusterIP": ip, "clusterIPs": [ip], "ports": [{"name": "http", "protocol": "TCP", "port": 80}]});
+        services.push(obj::<Service>(json!({"metadata": {"name": format!("s{i}"), "namespace": "ns0"}, "spec": spec})));
+    }
+    let data = ClusterData::build(&services, &[], &[], [&namespace]);
+    let live = LiveZone::new(Zone::new(&config(), data, 1, true));
+    let mut relisting = None;
+    let name = Name::from_ascii("NEW.ns0.svc.cluster.local.").expect("name");
+    assert!(live.read().prepared.get(&name, RecordType::A).is_none());
+    let before = live.read().prepared.lookups();
+    let new: Service = obj(json!({"metadata": {"name": "new", "namespace": "ns0"},
+        "spec": {"clusterIP": "10.2.0.1", "ports": [{"name": "http", "protocol": "TCP", "port": 80}]}}));
+    handle(&live, Event::Apply(new), &mut relisting);
+    // Answered right after its one event, having looked up only its own two names.
+    let served = live.read();
+    assert!(served.prepared.get(&name, RecordType::A).is_some());
+    let srv = Name::from_ascii("_http._tcp.new.ns0.svc.cluster.local.").expect("name");
+    assert!(served.prepared.get(&srv, RecordType::SRV).is_some());
+    assert_eq!(served.prepared.lookups() - before, 6, "2 names x A, AAAA, SRV");
+    assert_eq!(served.prepared.len(), 2 * 2001);
+}
