@@ -1,5 +1,5 @@
-//! The UDP side: one thread per core, each in its own receive loop on the server's socket (no task,
-//! channel or allocation per query). A question with a prepared answer ([`Prepared`]) is answered
+//! The UDP side: one thread per core, each in its own receive loop on the server's socket (no task
+//! or channel per query). A question with a prepared answer ([`Prepared`]) is answered
 //! in the loop: hickory decodes the header, question and OPT record, the reply is the request's
 //! header and question followed by the prepared sections and hickory's OPT record. Everything
 //! else is decoded as hickory-server decodes it and goes through the [`Handler`] (answered in the
