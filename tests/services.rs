@@ -10,6 +10,7 @@ use k8s_openapi::api::core::v1::{Endpoints, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kplane::{Cluster, Config, NodePortRange};
 use kube::Api;
+use kube::api::{Patch, PatchParams};
 use kube::core::Status;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet, HashSet};
@@ -2724,6 +2725,22 @@ async fn builtin_services() {
         .expect("watch");
     assert_eq!(fx.get_in("default", "kubernetes").await.unwrap()["spec"]["clusterIP"], "127.96.0.1");
     assert_eq!(fx.alloc(), (2, 0));
+
+    // An EndpointSlice pointed elsewhere is put back (the controller watches just its objects),
+    // each time: the second time nothing else is changing that could wake it.
+    let right = slice.endpoints[0].addresses.clone();
+    let wrong = json!({"endpoints": [{"addresses": ["127.0.0.99"]}]});
+    for _ in 0..2 {
+        slices.patch("kubernetes", &PatchParams::default(), &Patch::Merge(&wrong)).await.expect("patch slice");
+        let right = right.clone();
+        let cond = move |s: Option<&EndpointSlice>| {
+            s.is_some_and(|s| s.endpoints.len() == 1 && s.endpoints[0].addresses == right)
+        };
+        tokio::time::timeout(DEADLINE, kube::runtime::wait::await_condition(slices.clone(), "kubernetes", cond))
+            .await
+            .expect("kubernetes EndpointSlice restored in time")
+            .expect("watch");
+    }
 }
 
 // ---------------------------------------------------------------------------------------------------------------

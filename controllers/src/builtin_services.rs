@@ -157,24 +157,19 @@ impl BuiltinServices {
         Ok(())
     }
 
-    /// Ensures now, then again whenever a Service, Endpoints or EndpointSlice changes, until
-    /// the client's server goes away.
+    /// Ensures now, then again whenever one of the built-in objects changes, until the client's
+    /// server goes away. Each watch names its one object, so the rest of the cluster's churn
+    /// (10,000 Services, every endpoint flip in `default`) costs nothing here.
     pub async fn run(self, client: kube::Client) {
         if let Err(e) = self.ensure(&client).await {
             tracing::warn!(error = %e, "built-in services");
         }
-        let services = watcher::watcher(Api::<Service>::all(client.clone()), watcher::Config::default())
-            .default_backoff()
-            .map(|_| ());
-        let endpoints =
-            watcher::watcher(Api::<Endpoints>::namespaced(client.clone(), "default"), watcher::Config::default())
-                .default_backoff()
-                .map(|_| ());
-        let slices =
-            watcher::watcher(Api::<EndpointSlice>::namespaced(client.clone(), "default"), watcher::Config::default())
-                .default_backoff()
-                .map(|_| ());
-        let mut changes = futures::stream::select(futures::stream::select(services, endpoints), slices).boxed();
+        let mut changes = futures::stream::select_all([
+            watch_one(Api::<Service>::namespaced(client.clone(), "default"), "kubernetes"),
+            watch_one(Api::<Service>::namespaced(client.clone(), "kube-system"), "kube-dns"),
+            watch_one(Api::<Endpoints>::namespaced(client.clone(), "default"), "kubernetes"),
+            watch_one(Api::<EndpointSlice>::namespaced(client.clone(), "default"), "kubernetes"),
+        ]);
         while changes.next().await.is_some() {
             // Coalesce a burst of events into one pass.
             while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(5), changes.next()).await {}
@@ -183,6 +178,15 @@ impl BuiltinServices {
             }
         }
     }
+}
+
+/// The changes of one named object, as a stream of nothing but "something happened".
+fn watch_one<K>(api: Api<K>, name: &str) -> futures::stream::BoxStream<'static, ()>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+{
+    let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+    watcher::watcher(api, config).default_backoff().map(|_| ()).boxed()
 }
 
 async fn ensure_exists<K>(api: &Api<K>, want: K) -> Result<(), kube::Error>
