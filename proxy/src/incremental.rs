@@ -33,6 +33,8 @@ pub struct Flushed {
     pub changes: Vec<Change>,
     /// Every listener re-evaluated (conflicts may have changed on these even without a change).
     pub affected: Vec<Listen>,
+    /// The Services recomputed, present or deleted (the nftables mode re-renders these).
+    pub services: Vec<Key>,
 }
 
 /// Services, slices and this node, with the routes derived from them.
@@ -121,7 +123,7 @@ impl Incremental {
         let topo = Topology { node_name: node.name, zone: node.zone };
         let mut affected: HashSet<Listen> = HashSet::new();
         let mut appeared_or_gone: Vec<Listen> = Vec::new();
-        for key in dirty {
+        for key in dirty.iter().cloned() {
             let old = self.routes_of.remove(&key).unwrap_or_default();
             self.health_of.remove(&key);
             let mut new = BTreeMap::new();
@@ -181,7 +183,7 @@ impl Incremental {
             }
         }
         changes.sort_by_key(|c| c.0);
-        Flushed { changes, affected }
+        Flushed { changes, affected, services: dirty }
     }
 
     /// Indexes `listen` under the endpoints of its winning route (before loop removal, so a loop
@@ -218,6 +220,11 @@ impl Incremental {
         let mut spec = self.winner(listen)?.clone();
         spec.endpoints.retain(|e| !self.claims.contains_key(&Listen { addr: *e, protocol: listen.protocol }));
         (!spec.endpoints.is_empty()).then_some(spec)
+    }
+
+    /// The Service held under `key`.
+    pub fn service(&self, key: &Key) -> Option<&Arc<Service>> {
+        self.services.get(key)
     }
 
     /// The routes in effect.

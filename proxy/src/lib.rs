@@ -30,6 +30,7 @@ mod events;
 mod health;
 pub mod incremental;
 mod listener;
+mod nftables;
 mod sync;
 mod tcp;
 mod udp;
@@ -65,6 +66,30 @@ pub struct ProxyConfig {
     pub reserved: Vec<std::net::SocketAddr>,
     /// Where the proxy serves `/healthz` and `/livez` (`--proxy-healthz-listen`); `None`: nowhere.
     pub healthz_listen: Option<std::net::SocketAddr>,
+    /// How Service traffic is forwarded (`--proxy-mode`).
+    pub mode: ProxyMode,
+}
+
+/// How the proxy forwards Service traffic.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ProxyMode {
+    /// Sockets on every Service address, relaying in this process; needs no privileges.
+    #[default]
+    Userspace,
+    /// DNAT rules in kplane's own nftables table (`table inet kplane`), as kube-proxy's
+    /// nftables mode; needs root (CAP_NET_ADMIN) and the `nft` command.
+    Nftables,
+}
+
+impl std::str::FromStr for ProxyMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "userspace" => Ok(Self::Userspace),
+            "nftables" => Ok(Self::Nftables),
+            _ => Err(format!("{s:?} is not a proxy mode (userspace, nftables)")),
+        }
+    }
 }
 
 impl Default for ProxyConfig {
@@ -79,6 +104,7 @@ impl Default for ProxyConfig {
             min_sync_interval: Duration::ZERO,
             reserved: Vec::new(),
             healthz_listen: None,
+            mode: ProxyMode::Userspace,
         }
     }
 }
@@ -100,6 +126,8 @@ pub enum ProxyError {
     Config(String),
     #[error("reading Services from the API server: {0}")]
     Api(#[from] kube::Error),
+    #[error("nftables proxy mode: {0}")]
+    Nftables(String),
 }
 
 /// Where one listener stands.

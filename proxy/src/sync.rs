@@ -60,6 +60,11 @@ pub(crate) async fn start(
     let nodes: Api<Node> = Api::all(client.clone());
     // Fail fast when the API cannot be reached or read, rather than retrying silently forever.
     services.list_metadata(&kube::api::ListParams::default().limit(1)).await?;
+    // nftables mode: rules in kplane's table instead of listeners (fails here without root/nft).
+    let mut nftables = match config.mode {
+        crate::ProxyMode::Nftables => Some(crate::nftables::Nftables::start(&config).await?),
+        crate::ProxyMode::Userspace => None,
+    };
 
     let mut health_servers =
         ServiceHealthServers::new(config.node_ips.clone(), health.clone(), health_bind_failures(shared.events.clone()));
@@ -87,10 +92,18 @@ pub(crate) async fn start(
             let flushed = state.incremental.flush();
             health.set_node_eligible(state.node_eligible);
             health_servers.apply(&state.incremental.health());
+            let in_effect = match nftables.as_mut() {
+                Some(nft) => nft.sync(&flushed, &state.incremental).await,
+                None => true,
+            };
             let changes = flushed.changes.into_iter().filter(|(l, _)| !config.reserved.contains(&l.addr)).collect();
-            applied.apply_changes(changes, &shared);
+            if nftables.is_none() {
+                applied.apply_changes(changes, &shared);
+            }
             applied.report_conflicts(&flushed.affected, state.incremental.conflicts_on(&flushed.affected), &shared);
-            health.updated();
+            if in_effect {
+                health.updated();
+            }
             synced.send_replace(true);
         }
     })

@@ -1,0 +1,217 @@
+//! The nftables proxy mode (`--proxy-mode nftables`, root only): instead of listening, the proxy
+//! writes kube-proxy's nftables ruleset into kplane's own table, `table inet kplane`, and the
+//! kernel DNATs new connections to endpoints (upstream `pkg/proxy/nftables`).
+//!
+//! The sync loop, watchers and incremental desired state are the userspace mode's: each pass
+//! hands over the listeners whose route changed and the Services recomputed, and only their
+//! objects are re-rendered ([`render`]) and applied as one `nft -f -` transaction ([`model`]).
+//! The table is rebuilt whole at start and after a failed transaction, and deleted when the
+//! proxy stops. No other table is read or written.
+
+mod model;
+mod nft;
+pub(crate) mod render;
+
+use crate::ProxyConfig;
+use crate::desired::{self, Listen, Node};
+use crate::endpoints::SERVICE_NAME_LABEL;
+use crate::incremental::{Flushed, Incremental, Key};
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::{Endpoint, EndpointPort, EndpointSlice};
+use model::Model;
+use nft::{Nft, NftError};
+use render::Id;
+use std::collections::{BTreeSet, HashMap};
+use std::net::{IpAddr, SocketAddr};
+
+/// kplane's nftables table, kept in step with the desired state.
+pub(crate) struct Nftables {
+    nft: Nft,
+    node_name: String,
+    node_ips: Vec<IpAddr>,
+    reserved: Vec<SocketAddr>,
+    model: Model,
+    /// The objects each listener holds in the model.
+    held: HashMap<Listen, Vec<Id>>,
+    /// Every listener each Service has, with endpoints or not, and how many Services claim each:
+    /// a claimed listener without a route rejects.
+    claimed: HashMap<Key, Vec<Listen>>,
+    claims: HashMap<Listen, usize>,
+    /// The kernel's table may differ from the model: rebuild it at the next pass.
+    broken: bool,
+    /// The table was written by this proxy, so dropping it removes the table.
+    live: bool,
+}
+
+impl Nftables {
+    /// Replaces any table left by an earlier run with an empty one; fails when nft cannot run
+    /// (not root, no `nft`), so `--proxy-mode nftables` fails at start rather than serving nothing.
+    pub(crate) async fn start(config: &ProxyConfig) -> Result<Self, crate::ProxyError> {
+        let mut me = Self::new(config);
+        me.rebuild().await.map_err(|e| crate::ProxyError::Nftables(e.to_string()))?;
+        me.live = true;
+        Ok(me)
+    }
+
+    /// The state before the first transaction (tests use it without a kernel).
+    fn new(config: &ProxyConfig) -> Self {
+        Self {
+            nft: Nft::default(),
+            node_name: config.node_name.clone(),
+            node_ips: config.node_ips.clone(),
+            reserved: config.reserved.clone(),
+            model: Model::default(),
+            held: HashMap::new(),
+            claimed: HashMap::new(),
+            claims: HashMap::new(),
+            broken: false,
+            live: false,
+        }
+    }
+
+    /// Applies one pass of the sync loop; false if the kernel could not be brought in step (the
+    /// next pass rebuilds the table, and `/healthz` goes stale meanwhile).
+    pub(crate) async fn sync(&mut self, flushed: &Flushed, incremental: &Incremental) -> bool {
+        self.update(flushed, incremental);
+        if self.broken {
+            return self.rebuild().await.is_ok();
+        }
+        let plan = self.model.plan();
+        if !plan.script.is_empty() {
+            if let Err(e) = self.nft.run(&plan.script).await {
+                tracing::warn!(error = %e, "nftables transaction failed; rebuilding the table");
+                return self.rebuild().await.is_ok();
+            }
+            self.model.applied(plan);
+        }
+        let cleanup = self.model.cleanup();
+        if !cleanup.script.is_empty() {
+            match self.nft.run(&cleanup.script).await {
+                Ok(()) => self.model.cleaned(cleanup),
+                Err(e) => tracing::debug!(error = %e, "stale nftables chains stay until the next pass"),
+            }
+        }
+        true
+    }
+
+    async fn rebuild(&mut self) -> Result<(), NftError> {
+        match self.nft.run(&self.model.full()).await {
+            Ok(()) => {
+                self.model.rebuilt();
+                self.broken = false;
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot write kplane's nftables table; will retry");
+                self.broken = true;
+                Err(e)
+            }
+        }
+    }
+
+    /// Re-renders the listeners whose route changed and every listener of the recomputed
+    /// Services (a policy change may alter their rules without changing the route).
+    fn update(&mut self, flushed: &Flushed, incremental: &Incremental) {
+        let mut again: BTreeSet<Listen> = flushed.changes.iter().map(|(l, _)| *l).collect();
+        let node = Node { name: &self.node_name, zone: None, ips: &self.node_ips };
+        for key in &flushed.services {
+            let new = incremental.service(key).map(|s| claimed_listens(s, node)).unwrap_or_default();
+            for listen in self.claimed.remove(key).unwrap_or_default() {
+                if let Some(n) = self.claims.get_mut(&listen) {
+                    *n -= 1;
+                    if *n == 0 {
+                        self.claims.remove(&listen);
+                    }
+                }
+                again.insert(listen);
+            }
+            for listen in &new {
+                *self.claims.entry(*listen).or_default() += 1;
+                again.insert(*listen);
+            }
+            if !new.is_empty() {
+                self.claimed.insert(key.clone(), new);
+            }
+        }
+        for listen in again {
+            for id in self.held.remove(&listen).unwrap_or_default() {
+                self.model.remove(&id);
+            }
+            if self.reserved.contains(&listen.addr) {
+                continue; // served by something else in this process (the cluster DNS)
+            }
+            let objects = match incremental.routes().get(&listen) {
+                Some(route) => {
+                    let key = (route.service.namespace.clone(), route.service.name.clone());
+                    let local = incremental.service(&key).is_some_and(|s| external_policy_local(s));
+                    render::route(&listen, route, local)
+                }
+                None if self.claims.contains_key(&listen) => render::reject(&listen),
+                None => continue,
+            };
+            self.held.insert(listen, objects.iter().map(|o| o.id.clone()).collect());
+            for object in objects {
+                self.model.add(object);
+            }
+        }
+    }
+}
+
+impl Drop for Nftables {
+    /// The proxy stopped: its table goes (connections already made keep their conntrack NAT).
+    fn drop(&mut self) {
+        if !self.live {
+            return;
+        }
+        if let Err(e) = self.nft.run_blocking(&render::remove_table()) {
+            tracing::warn!(error = %e, "cannot remove kplane's nftables table");
+        }
+    }
+}
+
+fn external_policy_local(service: &Service) -> bool {
+    service.spec.as_ref().and_then(|s| s.external_traffic_policy.as_deref()) == Some("Local")
+}
+
+/// Every listener `service` has when it has endpoints: `desired` asked about a made-up ready,
+/// local endpoint of each family on each port, so the addresses are the ones routes use (one
+/// place decides them), whatever the real endpoints are.
+fn claimed_listens(service: &Service, node: Node<'_>) -> Vec<Listen> {
+    let name = service.metadata.name.clone().unwrap_or_default();
+    let ports: Vec<EndpointPort> = service
+        .spec
+        .iter()
+        .flat_map(|s| s.ports.iter().flatten())
+        .map(|p| EndpointPort {
+            name: Some(p.name.clone().unwrap_or_default()),
+            port: Some(1),
+            protocol: p.protocol.clone(),
+            ..Default::default()
+        })
+        .collect();
+    let slice = |family: &str, address: &str| EndpointSlice {
+        metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+            name: Some(format!("{name}-{family}")),
+            namespace: service.metadata.namespace.clone(),
+            labels: Some([(SERVICE_NAME_LABEL.to_string(), name.clone())].into()),
+            ..Default::default()
+        },
+        address_type: family.into(),
+        endpoints: vec![Endpoint {
+            addresses: vec![address.into()],
+            node_name: Some(node.name.to_string()),
+            ..Default::default()
+        }],
+        ports: Some(ports.clone()),
+    };
+    let (v4, v6) = (slice("IPv4", "192.0.2.1"), slice("IPv6", "2001:db8::1"));
+    let topo = crate::endpoints::Topology { node_name: node.name, zone: node.zone };
+    let mut listens: Vec<Listen> =
+        desired::service_routes(service, &[&v4, &v6], node, topo).into_iter().map(|(l, _)| l).collect();
+    listens.sort();
+    listens.dedup();
+    listens
+}
+
+#[cfg(test)]
+mod tests;
