@@ -72,6 +72,10 @@ struct ServeArgs {
     /// The addresses NodePorts answer on (default: the node IP).
     #[arg(long, value_name = "IP[,IP]", value_delimiter = ',')]
     nodeport_addresses: Vec<IpAddr>,
+    /// How the proxy forwards: `userspace` (sockets; no privileges needed) or `nftables` (DNAT
+    /// rules in kplane's own `table inet kplane`; needs root and the `nft` command).
+    #[arg(long, value_name = "MODE", default_value = "userspace")]
+    proxy_mode: kplane_proxy::ProxyMode,
     /// Where the proxy serves `/healthz` and `/livez`, or `none`.
     #[arg(long, value_name = "ADDR|none", default_value = "127.0.0.1:10256")]
     proxy_healthz_listen: OptionalAddr,
@@ -184,6 +188,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 args.nodeport_addresses.clone()
             },
             healthz_listen: args.proxy_healthz_listen.0,
+            mode: args.proxy_mode,
             ..kplane::ProxyConfig::default()
         }),
         max_endpoints_per_slice: args.max_endpoints_per_slice,
