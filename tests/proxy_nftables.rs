@@ -1,0 +1,434 @@
+//! The nftables proxy mode (`--proxy-mode nftables`) for real, inside network namespaces each
+//! test creates: a "node" namespace where kplane runs (an in-process cluster on a thread that
+//! entered it, or the binary under `ip netns exec`) and a "pod" namespace behind a veth pair
+//! holding backends on pod IPs. Clients in the node namespace connect to ClusterIPs and NodePorts;
+//! the kernel DNATs them by kplane's rules. The host's own namespace is never touched.
+//!
+//! Needs root, `nft` and `ip netns`. Without them each test prints why and passes, unless
+//! `KPLANE_REQUIRE_NETNS=1` (CI), when it fails.
+
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kplane::{Cluster, Config, NodePortRange, ProxyConfig};
+use kube::Api;
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use serde_json::{Value, json};
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::os::fd::AsRawFd;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::{Instant, timeout};
+
+const NS: &str = "default";
+const NODE: &str = "node-a";
+const NODE_IP: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 1);
+const POD_A: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 2);
+const POD_B: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 3);
+const BACKEND_PORT: u16 = 8080;
+const DEADLINE: Duration = Duration::from_secs(15);
+/// What one connection attempt may take; a refusal comes well within it.
+const ATTEMPT: Duration = Duration::from_secs(2);
+
+// ---------------------------------------------------------------------------------------------------------------
+// Namespaces.
+
+/// A node and a pod namespace joined by a veth pair; deleted on drop, also when a test fails.
+struct Netns {
+    node: String,
+    pod: String,
+}
+
+fn run(args: &[&str]) -> Result<String, String> {
+    let out = Command::new(args[0]).args(&args[1..]).output().map_err(|e| format!("{}: {e}", args.join(" ")))?;
+    if !out.status.success() {
+        return Err(format!("{}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+impl Netns {
+    /// The namespaces for test `tag`, or `None` (skip) when this machine cannot make them.
+    fn create(tag: &str) -> Option<Self> {
+        let pid = std::process::id();
+        let me = Self { node: format!("kpnft-{pid}-{tag}-node"), pod: format!("kpnft-{pid}-{tag}-pod") };
+        match me.setup() {
+            Ok(()) => Some(me),
+            Err(reason) => {
+                drop(me);
+                if std::env::var("KPLANE_REQUIRE_NETNS").is_ok_and(|v| v == "1") {
+                    panic!("KPLANE_REQUIRE_NETNS=1 but network namespaces are unavailable: {reason}");
+                }
+                eprintln!("skipping the nftables proxy test: {reason}");
+                None
+            }
+        }
+    }
+
+    fn setup(&self) -> Result<(), String> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return Err("not root".into());
+        }
+        run(&["nft", "--version"])?;
+        let (node, pod) = (self.node.as_str(), self.pod.as_str());
+        run(&["ip", "netns", "add", node])?;
+        run(&["ip", "netns", "add", pod])?;
+        run(&["ip", "link", "add", "veth0", "netns", node, "type", "veth", "peer", "name", "veth0", "netns", pod])?;
+        let node_ip = format!("{NODE_IP}/24");
+        let (a, b) = (format!("{POD_A}/24"), format!("{POD_B}/24"));
+        for cmd in [
+            vec!["ip", "-n", node, "link", "set", "lo", "up"],
+            vec!["ip", "-n", node, "addr", "add", &node_ip, "dev", "veth0"],
+            vec!["ip", "-n", node, "link", "set", "veth0", "up"],
+            // ClusterIPs need a route for connect(2) to pick a source before DNAT rewrites them.
+            vec!["ip", "-n", node, "route", "add", "default", "dev", "veth0"],
+            vec!["ip", "-n", pod, "link", "set", "lo", "up"],
+            vec!["ip", "-n", pod, "addr", "add", &a, "dev", "veth0"],
+            vec!["ip", "-n", pod, "addr", "add", &b, "dev", "veth0"],
+            vec!["ip", "-n", pod, "link", "set", "veth0", "up"],
+        ] {
+            run(&cmd)?;
+        }
+        // Another program's table, which kplane must leave alone.
+        self.nft_node("add table ip other\nadd chain ip other keep\n")?;
+        Ok(())
+    }
+
+    /// Runs an nft script in the node namespace.
+    fn nft_node(&self, script: &str) -> Result<(), String> {
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &self.node, "nft", "-f", "-"])
+            .stdin(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| e.to_string())?;
+        child.stdin.take().map(|mut s| s.write_all(script.as_bytes())).transpose().map_err(|e| e.to_string())?;
+        let out = child.wait_with_output().map_err(|e| e.to_string())?;
+        out.status.success().then_some(()).ok_or_else(|| String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+
+    /// `nft list table <table>` in the node namespace, or the error.
+    fn list(&self, table: &str) -> Result<String, String> {
+        let words: Vec<&str> = table.split(' ').collect();
+        let mut args = vec!["ip", "netns", "exec", &self.node, "nft", "list", "table"];
+        args.extend(words);
+        run(&args)
+    }
+
+    /// Runs `f` on a thread inside namespace `name` (sockets it creates stay there).
+    fn within<T: Send + 'static>(name: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let path = format!("/run/netns/{name}");
+        std::thread::spawn(move || {
+            let ns = std::fs::File::open(&path).expect("open the namespace");
+            // SAFETY: a valid namespace descriptor; only this thread changes namespace.
+            let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
+            f()
+        })
+        .join()
+        .unwrap_or_else(|e| std::panic::resume_unwind(e))
+    }
+
+    /// Runs `test` on a single-threaded runtime inside the node namespace; everything it starts
+    /// (the cluster, the proxy, nft, clients) lives there.
+    fn run_in_node<F: Future<Output = ()> + 'static>(&self, test: impl FnOnce() -> F + Send + 'static) {
+        Self::within(&self.node, move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+            rt.block_on(test());
+        })
+    }
+
+    /// Backends in the pod namespace: each answers every connection with its name.
+    fn backends(&self) -> Vec<std::net::TcpListener> {
+        Self::within(&self.pod, || {
+            [POD_A, POD_B]
+                .into_iter()
+                .map(|ip| {
+                    let l = std::net::TcpListener::bind((ip, BACKEND_PORT)).expect("bind a backend");
+                    l.set_nonblocking(true).expect("nonblocking");
+                    l
+                })
+                .collect()
+        })
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        for ns in [&self.node, &self.pod] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).stderr(Stdio::null()).status();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Fixture inside the node namespace.
+
+/// Serves `listeners` (from [`Netns::backends`]): each connection gets `a\n` or `b\n`.
+fn serve_backends(listeners: Vec<std::net::TcpListener>) {
+    for (listener, name) in listeners.into_iter().zip(["a", "b"]) {
+        let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let _ = conn.write_all(format!("{name}\n").as_bytes()).await;
+                    let _ = conn.shutdown().await;
+                });
+            }
+        });
+    }
+}
+
+async fn start_cluster() -> Cluster {
+    let proxy = ProxyConfig {
+        node_name: NODE.into(),
+        node_ips: vec![IpAddr::V4(NODE_IP)],
+        healthz_listen: Some(SocketAddr::from(([127, 0, 0, 1], 10256))),
+        mode: kplane_proxy::ProxyMode::Nftables,
+        ..ProxyConfig::default()
+    };
+    let config = Config {
+        service_cidr: "10.96.0.0/24".into(),
+        node_port_range: NodePortRange { first: 30000, last: 30099 },
+        lb_pool: None,
+        proxy: Some(proxy),
+        node: None,
+        ..Config::ephemeral()
+    };
+    let cluster = Cluster::start_with(config).await.expect("cluster starts in nftables mode");
+    cluster.proxy().expect("proxy").wait_synced().await;
+    cluster
+}
+
+async fn create_service(cluster: &Cluster, name: &str, ip: &str, node_port: Option<u16>, extra: Value) {
+    let mut spec = json!({
+        "type": if node_port.is_some() { "NodePort" } else { "ClusterIP" },
+        "clusterIP": ip,
+        "ports": [{"name": "http", "port": 80, "targetPort": BACKEND_PORT, "nodePort": node_port}],
+    });
+    if let (Some(spec), Some(extra)) = (spec.as_object_mut(), extra.as_object()) {
+        spec.extend(extra.clone());
+    }
+    let svc: Service = serde_json::from_value(json!({"metadata": {"name": name}, "spec": spec})).expect("a Service");
+    let api: Api<Service> = Api::namespaced(cluster.client(), NS);
+    api.create(&PostParams::default(), &svc).await.expect("create the Service");
+}
+
+/// Sets the one slice of Service `name` to `endpoints` (pod IP, node).
+async fn set_slice(cluster: &Cluster, name: &str, endpoints: &[(Ipv4Addr, &str)]) {
+    let eps: Vec<Value> = endpoints
+        .iter()
+        .map(|(ip, node)| json!({"addresses": [ip.to_string()], "nodeName": node, "conditions": {"ready": true}}))
+        .collect();
+    let slice_name = format!("{name}-manual");
+    let body = json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": slice_name, "labels": {"kubernetes.io/service-name": name}},
+        "addressType": "IPv4",
+        "endpoints": eps,
+        "ports": [{"name": "http", "port": BACKEND_PORT, "protocol": "TCP"}],
+    });
+    let mut slice: EndpointSlice = serde_json::from_value(body).expect("a slice");
+    let api: Api<EndpointSlice> = Api::namespaced(cluster.client(), NS);
+    match api.get_opt(&slice_name).await.expect("get the slice") {
+        None => {
+            api.create(&PostParams::default(), &slice).await.expect("create the slice");
+        }
+        Some(old) => {
+            slice.metadata.resource_version = old.metadata.resource_version;
+            api.replace(&slice_name, &PostParams::default(), &slice).await.expect("replace the slice");
+        }
+    }
+}
+
+/// One connection: the backend's name, or the error.
+async fn ask(addr: SocketAddr) -> std::io::Result<String> {
+    let mut conn = timeout(ATTEMPT, tokio::net::TcpStream::connect(addr)).await??;
+    let mut out = String::new();
+    timeout(ATTEMPT, conn.read_to_string(&mut out)).await??;
+    Ok(out.trim().to_string())
+}
+
+/// Polls until `want` holds for the names `n` connections to `addr` get.
+async fn until_names(addr: SocketAddr, n: usize, what: &str, want: impl Fn(&BTreeSet<String>) -> bool) {
+    let start = Instant::now();
+    let mut seen = BTreeSet::new();
+    loop {
+        seen.clear();
+        for _ in 0..n {
+            match ask(addr).await {
+                Ok(name) => seen.insert(name),
+                Err(e) => seen.insert(format!("error: {e}")),
+            };
+        }
+        if want(&seen) {
+            return;
+        }
+        assert!(start.elapsed() < DEADLINE, "{addr}: {what}; saw {seen:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn names(list: &[&str]) -> BTreeSet<String> {
+    list.iter().map(|s| s.to_string()).collect()
+}
+
+/// Polls until a connection to `addr` is refused, quickly.
+async fn until_refused(addr: SocketAddr) {
+    let start = Instant::now();
+    loop {
+        let t = Instant::now();
+        match ask(addr).await {
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                assert!(t.elapsed() < Duration::from_millis(500), "refused, but slowly: {:?}", t.elapsed());
+                return;
+            }
+            other => assert!(start.elapsed() < DEADLINE, "{addr} is not refused: {other:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn addr(ip: &str, port: u16) -> SocketAddr {
+    SocketAddr::new(ip.parse().expect("ip"), port)
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Tests.
+
+#[test]
+fn cluster_ip_and_node_port_are_dnated_to_pods_and_follow_the_endpoints() {
+    let Some(netns) = Netns::create("basic") else { return };
+    let backends = netns.backends();
+    netns.run_in_node(move || async move {
+        serve_backends(backends);
+        let cluster = start_cluster().await;
+        create_service(&cluster, "web", "10.96.0.50", Some(30080), json!({})).await;
+        set_slice(&cluster, "web", &[(POD_A, NODE), (POD_B, NODE)]).await;
+        let both = |s: &BTreeSet<String>| *s == names(&["a", "b"]);
+        until_names(addr("10.96.0.50", 80), 24, "the ClusterIP spreads over both pods", both).await;
+        until_names(addr("10.200.0.1", 30080), 24, "the NodePort spreads over both pods", both).await;
+
+        // No endpoints at all: refused at once on the ClusterIP and the NodePort, not hung.
+        create_service(&cluster, "empty", "10.96.0.51", Some(30081), json!({})).await;
+        until_refused(addr("10.96.0.51", 80)).await;
+        until_refused(addr("10.200.0.1", 30081)).await;
+
+        // Endpoint changes take effect: one pod, then none (refused), then back.
+        set_slice(&cluster, "web", &[(POD_B, NODE)]).await;
+        until_names(addr("10.96.0.50", 80), 12, "only pod b", |s| *s == names(&["b"])).await;
+        set_slice(&cluster, "web", &[]).await;
+        until_refused(addr("10.96.0.50", 80)).await;
+        set_slice(&cluster, "web", &[(POD_A, NODE)]).await;
+        until_names(addr("10.200.0.1", 30080), 12, "only pod a", |s| *s == names(&["a"])).await;
+
+        // A deleted Service leaves nothing behind in the table.
+        let api: Api<Service> = Api::namespaced(cluster.client(), NS);
+        api.delete("empty", &DeleteParams::default()).await.expect("delete");
+        let start = Instant::now();
+        while netns_list_contains("10.96.0.51") {
+            assert!(start.elapsed() < DEADLINE, "the deleted Service's rules stay");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+
+        // /healthz keeps working in this mode.
+        let health = http_get(addr("127.0.0.1", 10256), "/healthz").await;
+        assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+
+        // A clean stop removes kplane's table, and only it.
+        drop(cluster);
+        let start = Instant::now();
+        while current_table().is_ok() {
+            assert!(start.elapsed() < DEADLINE, "table inet kplane outlives the proxy");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    netns.list("ip other").expect("another program's table is left alone");
+}
+
+#[test]
+fn client_ip_affinity_sticks_and_external_local_keeps_to_node_endpoints() {
+    let Some(netns) = Netns::create("policy") else { return };
+    let backends = netns.backends();
+    netns.run_in_node(move || async move {
+        serve_backends(backends);
+        let cluster = start_cluster().await;
+        let sticky =
+            json!({"sessionAffinity": "ClientIP", "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 60}}});
+        create_service(&cluster, "sticky", "10.96.0.60", None, sticky).await;
+        set_slice(&cluster, "sticky", &[(POD_A, NODE), (POD_B, NODE)]).await;
+        until_names(addr("10.96.0.60", 80), 15, "15 connections stick to one pod", |s| {
+            s.len() == 1 && !s.iter().any(|n| n.starts_with("error"))
+        })
+        .await;
+        let api: Api<Service> = Api::namespaced(cluster.client(), NS);
+        let off = json!({"spec": {"sessionAffinity": "None"}});
+        api.patch("sticky", &PatchParams::default(), &Patch::Merge(&off)).await.expect("affinity off");
+        until_names(addr("10.96.0.60", 80), 24, "without affinity both pods serve", |s| *s == names(&["a", "b"])).await;
+
+        // externalTrafficPolicy Local: the NodePort only uses this node's pod; the ClusterIP both.
+        create_service(&cluster, "local", "10.96.0.61", Some(30090), json!({"externalTrafficPolicy": "Local"})).await;
+        set_slice(&cluster, "local", &[(POD_A, NODE), (POD_B, "node-b")]).await;
+        until_names(addr("10.96.0.61", 80), 24, "the ClusterIP uses both", |s| *s == names(&["a", "b"])).await;
+        until_names(addr("10.200.0.1", 30090), 24, "the NodePort only the local pod", |s| *s == names(&["a"])).await;
+    });
+}
+
+#[test]
+fn the_binary_serves_in_nftables_mode_and_removes_its_table_on_sigterm() {
+    let Some(netns) = Netns::create("binary") else { return };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kubeconfig = dir.path().join("kubeconfig");
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", &netns.node, env!("CARGO_BIN_EXE_kplane"), "serve", "--ephemeral"])
+        .args(["--proxy-mode", "nftables", "--listen", "127.0.0.1:0", "--service-cidr", "10.96.0.0/24"])
+        .args(["--node-ip", "10.200.0.1", "--node-name", NODE, "--dns-listen", "none", "--lb-pool", "none"])
+        .arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start kplane");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let ready = lines.next().and_then(Result::ok).unwrap_or_default();
+    assert!(ready.starts_with("kplane ready"), "{ready:?}");
+    // The `kubernetes` Service (10.96.0.1:443, endpoint the API server) gets its rules.
+    let start = std::time::Instant::now();
+    while !netns.list("inet kplane").is_ok_and(|t| t.contains("10.96.0.1 . tcp . 443")) {
+        assert!(start.elapsed() < DEADLINE, "no rules for the kubernetes Service: {:?}", netns.list("inet kplane"));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // `ip netns exec` execs kplane itself, so this is kplane's pid.
+    let pid = i32::try_from(child.id()).expect("pid");
+    // SAFETY: signalling our own child.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let status = child.wait().expect("wait");
+    assert!(status.success(), "{status}");
+    drop(lines);
+    assert!(netns.list("inet kplane").is_err(), "table inet kplane is removed at shutdown");
+    netns.list("ip other").expect("another program's table is left alone");
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Helpers that run inside the node namespace (the calling thread's).
+
+/// `nft list table inet kplane` from this thread's namespace.
+fn current_table() -> Result<String, String> {
+    run(&["nft", "list", "table", "inet", "kplane"])
+}
+
+fn netns_list_contains(needle: &str) -> bool {
+    current_table().is_ok_and(|t| t.contains(needle))
+}
+
+async fn http_get(addr: SocketAddr, path: &str) -> String {
+    let mut conn = timeout(ATTEMPT, tokio::net::TcpStream::connect(addr)).await.expect("in time").expect("connect");
+    conn.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).await.expect("write");
+    let mut out = String::new();
+    timeout(ATTEMPT, conn.read_to_string(&mut out)).await.expect("in time").expect("read");
+    out
+}
