@@ -23,6 +23,10 @@ use nft::{Nft, NftError};
 use render::Id;
 use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+/// Pauses between rebuild attempts after a failed transaction.
+const REBUILD_RETRIES: [Duration; 3] = [Duration::from_millis(100), Duration::from_millis(500), Duration::from_secs(2)];
 
 /// kplane's nftables table, kept in step with the desired state.
 pub(crate) struct Nftables {
@@ -74,13 +78,13 @@ impl Nftables {
     pub(crate) async fn sync(&mut self, flushed: &Flushed, incremental: &Incremental) -> bool {
         self.update(flushed, incremental);
         if self.broken {
-            return self.rebuild().await.is_ok();
+            return self.rebuild_retrying().await;
         }
         let plan = self.model.plan();
         if !plan.script.is_empty() {
             if let Err(e) = self.nft.run(&plan.script).await {
                 tracing::warn!(error = %e, "nftables transaction failed; rebuilding the table");
-                return self.rebuild().await.is_ok();
+                return self.rebuild_retrying().await;
             }
             self.model.applied(plan);
         }
@@ -94,19 +98,29 @@ impl Nftables {
         true
     }
 
-    async fn rebuild(&mut self) -> Result<(), NftError> {
-        match self.nft.run(&self.model.full()).await {
-            Ok(()) => {
-                self.model.rebuilt();
-                self.broken = false;
-                Ok(())
+    /// Rebuilds with a few quick retries (the loop only wakes for events); after that the next
+    /// pass tries again.
+    async fn rebuild_retrying(&mut self) -> bool {
+        for delay in REBUILD_RETRIES {
+            match self.rebuild().await {
+                Ok(()) => return true,
+                Err(e) => tracing::error!(error = %e, "cannot write kplane's nftables table; retrying"),
             }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot write kplane's nftables table; will retry");
-                self.broken = true;
-                Err(e)
-            }
+            tokio::time::sleep(delay).await;
         }
+        self.rebuild()
+            .await
+            .inspect_err(|e| tracing::error!(error = %e, "cannot write kplane's nftables table"))
+            .is_ok()
+    }
+
+    async fn rebuild(&mut self) -> Result<(), NftError> {
+        let result = self.nft.run(&self.model.full()).await;
+        self.broken = result.is_err();
+        if result.is_ok() {
+            self.model.rebuilt();
+        }
+        result
     }
 
     /// Re-renders the listeners whose route changed and every listener of the recomputed
