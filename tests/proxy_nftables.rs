@@ -14,7 +14,7 @@ use kube::Api;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, ErrorKind, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::process::{Command, Stdio};
@@ -141,6 +141,20 @@ impl Netns {
         })
     }
 
+    /// UDP backends in the pod namespace: each answers every datagram with its name.
+    fn udp_backends(&self) -> Vec<std::net::UdpSocket> {
+        Self::within(&self.pod, || {
+            [POD_A, POD_B]
+                .into_iter()
+                .map(|ip| {
+                    let s = std::net::UdpSocket::bind((ip, BACKEND_PORT)).expect("bind a UDP backend");
+                    s.set_nonblocking(true).expect("nonblocking");
+                    s
+                })
+                .collect()
+        })
+    }
+
     /// Backends in the pod namespace: each answers every connection with its name.
     fn backends(&self) -> Vec<std::net::TcpListener> {
         Self::within(&self.pod, || {
@@ -182,6 +196,29 @@ fn serve_backends(listeners: Vec<std::net::TcpListener>) {
     }
 }
 
+/// Serves `sockets` (from [`Netns::udp_backends`]): each datagram is answered with `a` or `b`.
+fn serve_udp_backends(sockets: Vec<std::net::UdpSocket>) {
+    for (socket, name) in sockets.into_iter().zip(["a", "b"]) {
+        let socket = tokio::net::UdpSocket::from_std(socket).expect("tokio socket");
+        tokio::spawn(async move {
+            let mut buf = [0u8; 64];
+            while let Ok((_, from)) = socket.recv_from(&mut buf).await {
+                let _ = socket.send_to(name.as_bytes(), from).await;
+            }
+        });
+    }
+}
+
+/// One datagram from a new client socket (a new flow): the backend's name, or the error.
+async fn ask_udp(addr: SocketAddr) -> std::io::Result<String> {
+    let socket = tokio::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).await?;
+    socket.connect(addr).await?;
+    socket.send(b"who").await?;
+    let mut buf = [0u8; 64];
+    let n = timeout(ATTEMPT, socket.recv(&mut buf)).await??;
+    Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+}
+
 async fn start_cluster() -> Cluster {
     let proxy = ProxyConfig {
         node_name: NODE.into(),
@@ -219,6 +256,10 @@ async fn create_service(cluster: &Cluster, name: &str, ip: &str, node_port: Opti
 
 /// Sets the one slice of Service `name` to `endpoints` (pod IP, node).
 async fn set_slice(cluster: &Cluster, name: &str, endpoints: &[(Ipv4Addr, &str)]) {
+    set_slice_of(cluster, name, "TCP", endpoints).await
+}
+
+async fn set_slice_of(cluster: &Cluster, name: &str, protocol: &str, endpoints: &[(Ipv4Addr, &str)]) {
     let eps: Vec<Value> = endpoints
         .iter()
         .map(|(ip, node)| json!({"addresses": [ip.to_string()], "nodeName": node, "conditions": {"ready": true}}))
@@ -229,7 +270,7 @@ async fn set_slice(cluster: &Cluster, name: &str, endpoints: &[(Ipv4Addr, &str)]
         "metadata": {"name": slice_name, "labels": {"kubernetes.io/service-name": name}},
         "addressType": "IPv4",
         "endpoints": eps,
-        "ports": [{"name": "http", "port": BACKEND_PORT, "protocol": "TCP"}],
+        "ports": [{"name": "http", "port": BACKEND_PORT, "protocol": protocol}],
     });
     let mut slice: EndpointSlice = serde_json::from_value(body).expect("a slice");
     let api: Api<EndpointSlice> = Api::namespaced(cluster.client(), NS);
@@ -374,6 +415,39 @@ fn client_ip_affinity_sticks_and_external_local_keeps_to_node_endpoints() {
         set_slice(&cluster, "local", &[(POD_A, NODE), (POD_B, "node-b")]).await;
         until_names(addr("10.96.0.61", 80), 24, "the ClusterIP uses both", |s| *s == names(&["a", "b"])).await;
         until_names(addr("10.200.0.1", 30090), 24, "the NodePort only the local pod", |s| *s == names(&["a"])).await;
+    });
+}
+
+#[test]
+fn udp_flows_are_dnated_and_refused_without_endpoints() {
+    let Some(netns) = Netns::create("udp") else { return };
+    let backends = netns.udp_backends();
+    netns.run_in_node(move || async move {
+        serve_udp_backends(backends);
+        let cluster = start_cluster().await;
+        let udp = json!({"ports": [{"name": "http", "port": 80, "protocol": "UDP", "targetPort": BACKEND_PORT}]});
+        create_service(&cluster, "dns", "10.96.0.70", None, udp).await;
+        set_slice_of(&cluster, "dns", "UDP", &[(POD_A, NODE), (POD_B, NODE)]).await;
+        let start = Instant::now();
+        let mut seen = BTreeSet::new();
+        while seen != names(&["a", "b"]) {
+            assert!(start.elapsed() < DEADLINE, "UDP flows reach both pods; saw {seen:?}");
+            if let Ok(name) = ask_udp(addr("10.96.0.70", 80)).await {
+                seen.insert(name);
+            }
+        }
+        // No endpoints: rejected. The node's own datagram is refused at send (EPERM: the output
+        // hook rejected it); one from elsewhere gets ICMP port unreachable (a connected socket's
+        // ECONNREFUSED). Either way at once, not a timeout.
+        set_slice_of(&cluster, "dns", "UDP", &[]).await;
+        let start = Instant::now();
+        loop {
+            match ask_udp(addr("10.96.0.70", 80)).await {
+                Err(e) if matches!(e.kind(), ErrorKind::ConnectionRefused | ErrorKind::PermissionDenied) => break,
+                other => assert!(start.elapsed() < DEADLINE, "UDP without endpoints: {other:?}"),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     });
 }
 
