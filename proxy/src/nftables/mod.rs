@@ -59,7 +59,7 @@ impl Nftables {
 
     /// The state before the first transaction (tests use it without a kernel).
     fn new(config: &ProxyConfig) -> Self {
-        Self {
+        let mut me = Self {
             nft: Nft::default(),
             node_name: config.node_name.clone(),
             node_ips: config.node_ips.clone(),
@@ -70,7 +70,9 @@ impl Nftables {
             claims: HashMap::new(),
             broken: false,
             live: false,
-        }
+        };
+        me.model.same_transaction = kernel_at_least(6, 2);
+        me
     }
 
     /// Applies one pass of the sync loop; false if the kernel could not be brought in step (the
@@ -181,6 +183,13 @@ impl Drop for Nftables {
             tracing::warn!(error = %e, "cannot remove kplane's nftables table");
         }
     }
+}
+
+/// Whether the running kernel is `major.minor` or later (`/proc/sys/kernel/osrelease`).
+fn kernel_at_least(major: u32, minor: u32) -> bool {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut parts = release.trim().split(|c: char| !c.is_ascii_digit()).map(|p| p.parse::<u32>().unwrap_or(0));
+    (parts.next().unwrap_or(0), parts.next().unwrap_or(0)) >= (major, minor)
 }
 
 fn external_policy_local(service: &Service) -> bool {

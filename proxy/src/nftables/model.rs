@@ -16,6 +16,9 @@ pub struct Model {
     touched: BTreeSet<Id>,
     /// Installed chains and sets no longer wanted: deleted after the elements that used them.
     stale: BTreeSet<Id>,
+    /// Delete unused chains and sets in the same transaction as the elements that used them
+    /// (kernel 6.2 and later); else in a second one ([`Model::cleanup`]).
+    pub same_transaction: bool,
 }
 
 /// A planned incremental transaction.
@@ -23,6 +26,8 @@ pub struct Model {
 pub struct Plan {
     pub script: String,
     ids: Vec<Id>,
+    /// Chains and sets the script deletes.
+    deleted: Vec<Id>,
 }
 
 impl Model {
@@ -77,7 +82,18 @@ impl Model {
             }
         }
         deletes.push_str(&adds);
-        Plan { script: deletes, ids: self.touched.iter().cloned().collect() }
+        let mut deleted = Vec::new();
+        if self.same_transaction {
+            let unused: BTreeSet<&Id> = self.touched.iter().chain(&self.stale).collect();
+            for id in unused.into_iter().rev() {
+                if !matches!(id, Id::Element { .. }) && !self.wanted.contains_key(id) && self.installed.contains_key(id)
+                {
+                    render::delete(&mut deletes, id);
+                    deleted.push(id.clone());
+                }
+            }
+        }
+        Plan { script: deletes, ids: self.touched.iter().cloned().collect(), deleted }
     }
 
     /// Records that `plan` was applied.
@@ -99,6 +115,10 @@ impl Model {
                 }
             }
         }
+        for id in plan.deleted {
+            self.stale.remove(&id);
+            self.installed.remove(&id);
+        }
     }
 
     /// Deletes stale chains and sets, users first. Its own transaction: kernels before 6.2 may
@@ -113,7 +133,7 @@ impl Model {
                 ids.push(id.clone());
             }
         }
-        Plan { script, ids }
+        Plan { script, ids, deleted: Vec::new() }
     }
 
     /// Records that a [`Model::cleanup`] was applied.
