@@ -19,7 +19,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::process::{Command, Stdio};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::time::{Instant, timeout};
 
 const NS: &str = "default";
@@ -85,6 +85,7 @@ impl Netns {
             vec!["ip", "-n", node, "link", "set", "veth0", "up"],
             // ClusterIPs need a route for connect(2) to pick a source before DNAT rewrites them.
             vec!["ip", "-n", node, "route", "add", "default", "dev", "veth0"],
+            vec!["ip", "netns", "exec", node, "sysctl", "-qw", "net.ipv4.tcp_tw_reuse=1"],
             vec!["ip", "-n", pod, "link", "set", "lo", "up"],
             vec!["ip", "-n", pod, "addr", "add", &a, "dev", "veth0"],
             vec!["ip", "-n", pod, "addr", "add", &b, "dev", "veth0"],
@@ -189,7 +190,9 @@ fn serve_backends(listeners: Vec<std::net::TcpListener>) {
             while let Ok((mut conn, _)) = listener.accept().await {
                 tokio::spawn(async move {
                     let _ = conn.write_all(format!("{name}\n").as_bytes()).await;
-                    let _ = conn.shutdown().await;
+                    // The client closes first (see `ask`).
+                    let mut rest = [0u8; 16];
+                    let _ = timeout(DEADLINE, conn.read(&mut rest)).await;
                 });
             }
         });
@@ -220,6 +223,10 @@ async fn ask_udp(addr: SocketAddr) -> std::io::Result<String> {
 }
 
 async fn start_cluster() -> Cluster {
+    start_cluster_with("10.96.0.0/24").await
+}
+
+async fn start_cluster_with(service_cidr: &str) -> Cluster {
     let proxy = ProxyConfig {
         node_name: NODE.into(),
         node_ips: vec![IpAddr::V4(NODE_IP)],
@@ -228,7 +235,7 @@ async fn start_cluster() -> Cluster {
         ..ProxyConfig::default()
     };
     let config = Config {
-        service_cidr: "10.96.0.0/24".into(),
+        service_cidr: service_cidr.into(),
         node_port_range: NodePortRange { first: 30000, last: 30099 },
         lb_pool: None,
         proxy: Some(proxy),
@@ -256,10 +263,10 @@ async fn create_service(cluster: &Cluster, name: &str, ip: &str, node_port: Opti
 
 /// Sets the one slice of Service `name` to `endpoints` (pod IP, node).
 async fn set_slice(cluster: &Cluster, name: &str, endpoints: &[(Ipv4Addr, &str)]) {
-    set_slice_of(cluster, name, "TCP", endpoints).await
+    set_slice_of(cluster, name, "TCP", BACKEND_PORT, endpoints).await
 }
 
-async fn set_slice_of(cluster: &Cluster, name: &str, protocol: &str, endpoints: &[(Ipv4Addr, &str)]) {
+async fn set_slice_of(cluster: &Cluster, name: &str, protocol: &str, port: u16, endpoints: &[(Ipv4Addr, &str)]) {
     let eps: Vec<Value> = endpoints
         .iter()
         .map(|(ip, node)| json!({"addresses": [ip.to_string()], "nodeName": node, "conditions": {"ready": true}}))
@@ -270,7 +277,7 @@ async fn set_slice_of(cluster: &Cluster, name: &str, protocol: &str, endpoints: 
         "metadata": {"name": slice_name, "labels": {"kubernetes.io/service-name": name}},
         "addressType": "IPv4",
         "endpoints": eps,
-        "ports": [{"name": "http", "port": BACKEND_PORT, "protocol": protocol}],
+        "ports": [{"name": "http", "port": port, "protocol": protocol}],
     });
     let mut slice: EndpointSlice = serde_json::from_value(body).expect("a slice");
     let api: Api<EndpointSlice> = Api::namespaced(cluster.client(), NS);
@@ -287,9 +294,15 @@ async fn set_slice_of(cluster: &Cluster, name: &str, protocol: &str, endpoints: 
 
 /// One connection: the backend's name, or the error.
 async fn ask(addr: SocketAddr) -> std::io::Result<String> {
-    let mut conn = timeout(ATTEMPT, tokio::net::TcpStream::connect(addr)).await??;
+    let conn = timeout(ATTEMPT, tokio::net::TcpStream::connect(addr)).await??;
+    // One line, then this side closes first: the client keeps TIME_WAIT under the Service
+    // address (which tcp_tw_reuse may reuse), not the pod, whose TIME_WAIT a reused client port
+    // would hit and cost a one-second SYN retransmission when thousands of connections are made.
     let mut out = String::new();
-    timeout(ATTEMPT, conn.read_to_string(&mut out)).await??;
+    timeout(ATTEMPT, tokio::io::BufReader::new(conn).read_line(&mut out)).await??;
+    if out.is_empty() {
+        return Err(std::io::Error::new(ErrorKind::UnexpectedEof, "closed without a name"));
+    }
     Ok(out.trim().to_string())
 }
 
@@ -427,7 +440,7 @@ fn udp_flows_are_dnated_and_refused_without_endpoints() {
         let cluster = start_cluster().await;
         let udp = json!({"ports": [{"name": "http", "port": 80, "protocol": "UDP", "targetPort": BACKEND_PORT}]});
         create_service(&cluster, "dns", "10.96.0.70", None, udp).await;
-        set_slice_of(&cluster, "dns", "UDP", &[(POD_A, NODE), (POD_B, NODE)]).await;
+        set_slice_of(&cluster, "dns", "UDP", BACKEND_PORT, &[(POD_A, NODE), (POD_B, NODE)]).await;
         let start = Instant::now();
         let mut seen = BTreeSet::new();
         while seen != names(&["a", "b"]) {
@@ -439,7 +452,7 @@ fn udp_flows_are_dnated_and_refused_without_endpoints() {
         // No endpoints: rejected. The node's own datagram is refused at send (EPERM: the output
         // hook rejected it); one from elsewhere gets ICMP port unreachable (a connected socket's
         // ECONNREFUSED). Either way at once, not a timeout.
-        set_slice_of(&cluster, "dns", "UDP", &[]).await;
+        set_slice_of(&cluster, "dns", "UDP", BACKEND_PORT, &[]).await;
         let start = Instant::now();
         loop {
             match ask_udp(addr("10.96.0.70", 80)).await {
@@ -505,4 +518,142 @@ async fn http_get(addr: SocketAddr, path: &str) -> String {
     let mut out = String::new();
     timeout(ATTEMPT, conn.read_to_string(&mut out)).await.expect("in time").expect("read");
     out
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Figures (BENCHMARKS.md, "Service proxy: nftables mode"): not run by default.
+//
+// `cargo test --release --test proxy_nftables -- --ignored --nocapture`
+
+#[test]
+#[ignore = "a benchmark: run with --ignored --nocapture"]
+fn bench_nftables_throughput_and_change_latency() {
+    let Some(netns) = Netns::create("bench") else { return };
+    let backends = netns.backends();
+    let sink = Netns::within(&netns.pod, || {
+        let l = std::net::TcpListener::bind((POD_A, 9090)).expect("bind the sink");
+        l.set_nonblocking(true).expect("nonblocking");
+        l
+    });
+    let services: usize = std::env::var("KPLANE_BENCH_SERVICES").ok().and_then(|s| s.parse().ok()).unwrap_or(10_000);
+    Netns::within(&netns.node, move || {
+        // Worker threads are spawned from this thread, so they are in the node namespace too.
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("rt");
+        rt.block_on(bench(backends, sink, services));
+    });
+}
+
+async fn bench(backends: Vec<std::net::TcpListener>, sink: std::net::TcpListener, services: usize) {
+    println!("(load before: {})", load());
+    serve_backends(backends);
+    let sink = tokio::net::TcpListener::from_std(sink).expect("sink");
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = sink.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 1 << 16];
+                while conn.read(&mut buf).await.is_ok_and(|n| n > 0) {}
+                let _ = conn.write_all(b"done").await;
+            });
+        }
+    });
+    let cluster = start_cluster_with("10.96.0.0/16").await;
+    let sink_svc = json!({"ports": [{"name": "http", "port": 80, "targetPort": 9090}]});
+    create_service(&cluster, "sink", "10.96.0.2", None, sink_svc).await;
+    set_slice_of(&cluster, "sink", "TCP", 9090, &[(POD_A, NODE)]).await;
+    create_service(&cluster, "web", "10.96.0.3", None, json!({})).await;
+    set_slice(&cluster, "web", &[(POD_A, NODE)]).await;
+    until_names(addr("10.96.0.3", 80), 1, "web answers", |s| *s == names(&["a"])).await;
+
+    println!("\n| figure | via ClusterIP (nftables DNAT) | direct to the pod IP | ratio |\n|---|---:|---:|---:|");
+    let gib = 1u64 << 30;
+    let (cip, direct) = (bulk(addr("10.96.0.2", 80), gib).await, bulk(SocketAddr::from((POD_A, 9090)), gib).await);
+    println!("| bulk TCP, 1 GiB, one connection | {cip:.0} MB/s | {direct:.0} MB/s | {:.2} |", cip / direct);
+    let seconds = Duration::from_secs(3);
+    let cip = connections(addr("10.96.0.3", 80), seconds).await;
+    let direct = connections(SocketAddr::from((POD_A, BACKEND_PORT)), seconds).await;
+    println!("| new connections/s (one client, sequential) | {cip:.0} | {direct:.0} | {:.2} |", cip / direct);
+
+    // Many Services, each with one endpoint: then how long an EndpointSlice change takes to reach the kernel.
+    let start = Instant::now();
+    let names_: Vec<String> = (0..services).map(|i| format!("s{i}")).collect();
+    for chunk in names_.chunks(200) {
+        futures::future::join_all(chunk.iter().enumerate().map(|(j, name)| {
+            let cluster = &cluster;
+            async move {
+                let i: usize = name[1..].parse().unwrap_or(j);
+                let ip = format!("10.96.{}.{}", 1 + i / 250, 1 + i % 250);
+                create_service(cluster, name, &ip, None, json!({})).await;
+                set_slice(cluster, name, &[(POD_A, NODE)]).await;
+            }
+        }))
+        .await;
+    }
+    let last = services - 1;
+    let last_ip = format!("10.96.{}.{}", 1 + last / 250, 1 + last % 250);
+    until_names(addr(&last_ip, 80), 1, "the last Service answers", |s| *s == names(&["a"])).await;
+    println!(
+        "\n{services} Services with one endpoint each created and in the kernel in {:.1} s.\n",
+        start.elapsed().as_secs_f64()
+    );
+    let target = addr("10.96.1.1", 80);
+    let mut samples = Vec::new();
+    for round in 0..100 {
+        let (pod, name) = if round % 2 == 0 { (POD_B, "b") } else { (POD_A, "a") };
+        let t = Instant::now();
+        set_slice(&cluster, "s0", &[(pod, NODE)]).await;
+        while ask(target).await.ok().as_deref() != Some(name) {
+            assert!(t.elapsed() < Duration::from_secs(10), "the change never applied");
+        }
+        samples.push(t.elapsed());
+    }
+    samples.sort();
+    let ms = |q: f64| samples[((samples.len() - 1) as f64 * q) as usize].as_secs_f64() * 1000.0;
+    println!("| EndpointSlice change → first connection using it | p50 ms | p90 ms | p99 ms | max ms |");
+    println!("|---|---:|---:|---:|---:|");
+    println!(
+        "| {services} Services, 100 samples | {:.2} | {:.2} | {:.2} | {:.2} |",
+        ms(0.5),
+        ms(0.9),
+        ms(0.99),
+        ms(1.0)
+    );
+    println!("\n(load after: {})", load());
+}
+
+/// MB/s of one connection sending `bytes` to a sink that answers when it has read them all.
+async fn bulk(to: SocketAddr, bytes: u64) -> f64 {
+    let mut conn = tokio::net::TcpStream::connect(to).await.expect("connect");
+    let chunk = vec![7u8; 1 << 16];
+    let start = Instant::now();
+    let mut sent = 0;
+    while sent < bytes {
+        conn.write_all(&chunk).await.expect("send");
+        sent += chunk.len() as u64;
+    }
+    conn.shutdown().await.expect("shutdown");
+    let mut done = String::new();
+    conn.read_to_string(&mut done).await.expect("the sink's answer");
+    assert_eq!(done, "done");
+    sent as f64 / start.elapsed().as_secs_f64() / 1e6
+}
+
+/// Connections per second, each read to its end, one after another for `during`; failed ones
+/// are counted and printed, not counted as done.
+async fn connections(to: SocketAddr, during: Duration) -> f64 {
+    let start = Instant::now();
+    let (mut n, mut failed) = (0u32, 0u32);
+    while start.elapsed() < during {
+        match ask(to).await {
+            Ok(_) => n += 1,
+            Err(_) => failed += 1,
+        }
+    }
+    if failed > 0 {
+        println!("({to}: {failed} connections failed)");
+    }
+    f64::from(n) / start.elapsed().as_secs_f64()
+}
+
+fn load() -> String {
+    std::fs::read_to_string("/proc/loadavg").unwrap_or_default().split(' ').take(3).collect::<Vec<_>>().join(" ")
 }
