@@ -20,6 +20,9 @@ pub enum FieldErrorType {
     /// Not a field error: the `NamespaceTerminating` cause of a create refused in a terminating
     /// namespace (`v1.NamespaceTerminatingCause`); its message is the detail alone.
     NamespaceTerminating,
+    /// Not a field error: a server-side apply conflict (`metav1.CauseTypeFieldManagerConflict`);
+    /// its message is the detail alone (`conflict with "manager"`).
+    FieldManagerConflict,
 }
 
 impl FieldErrorType {
@@ -37,6 +40,7 @@ impl FieldErrorType {
             Self::Internal => "InternalError",
             Self::TypeInvalid => "FieldValueTypeInvalid",
             Self::NamespaceTerminating => "NamespaceTerminating",
+            Self::FieldManagerConflict => "FieldManagerConflict",
         }
     }
 
@@ -52,7 +56,7 @@ impl FieldErrorType {
             Self::TooMany => "Too many",
             Self::Internal => "Internal error",
             Self::TypeInvalid => "Invalid value",
-            Self::NamespaceTerminating => "",
+            Self::NamespaceTerminating | Self::FieldManagerConflict => "",
         }
     }
 }
@@ -108,7 +112,7 @@ impl FieldError {
 
     /// The body without the field path, as in `causes[].message` (`ErrorBody`).
     pub fn body(&self) -> String {
-        if self.kind == FieldErrorType::NamespaceTerminating {
+        if matches!(self.kind, FieldErrorType::NamespaceTerminating | FieldErrorType::FieldManagerConflict) {
             return self.detail.clone();
         }
         let mut s = self.kind.label().to_string();

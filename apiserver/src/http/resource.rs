@@ -5,8 +5,8 @@ use super::AppState;
 use super::codec::{self, Query, Shape, json_response, shape_list, shape_object};
 use super::logs;
 use super::path::{self, Target};
-use crate::error::{ApiError, ApiResult, Reason};
-use crate::registry::{PatchType, Subresource, Watch};
+use crate::error::{ApiError, ApiResult, FieldError, Reason};
+use crate::registry::{PatchType, Subresource, Watch, WriteOptions};
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, Method, StatusCode};
@@ -65,7 +65,7 @@ async fn serve(state: &AppState, req: Request) -> ApiResult<Response> {
             )),
             Method::POST => {
                 let obj = codec::decode_body(&headers, &body)?;
-                let created = registry.create(&r, ns, obj, &query.write_options()?).await?;
+                let created = registry.create(&r, ns, obj, &write_options(&query, &headers)?).await?;
                 Ok(json_response(StatusCode::CREATED, &shape_object(&r, shape, include, created)))
             }
             Method::DELETE => {
@@ -82,12 +82,13 @@ async fn serve(state: &AppState, req: Request) -> ApiResult<Response> {
         (None | Some(Subresource::Status), Method::GET) => Ok(respond(StatusCode::OK, registry.get(&r, ns, &name)?)),
         (None | Some(Subresource::Status | Subresource::Finalize), Method::PUT) => {
             let obj = codec::decode_body(&headers, &body)?;
-            let (obj, created) = registry.update(&r, ns, &name, obj, &query.write_options()?, sub).await?;
+            let (obj, created) = registry.update(&r, ns, &name, obj, &write_options(&query, &headers)?, sub).await?;
             Ok(respond(if created { StatusCode::CREATED } else { StatusCode::OK }, obj))
         }
         (None | Some(Subresource::Status), Method::PATCH) => {
             let patch_type = patch_type(&headers)?;
-            let (obj, created) = registry.patch(&r, ns, &name, patch_type, &body, &query.write_options()?, sub).await?;
+            let opts = patch_options(&query, &headers, patch_type)?;
+            let (obj, created) = registry.patch(&r, ns, &name, patch_type, &body, &opts, sub).await?;
             Ok(respond(if created { StatusCode::CREATED } else { StatusCode::OK }, obj))
         }
         (None, Method::DELETE) => {
@@ -109,16 +110,51 @@ async fn serve(state: &AppState, req: Request) -> ApiResult<Response> {
             let scale = codec::decode_body(&headers, &body)?;
             Ok(json_response(
                 StatusCode::OK,
-                &registry.update_scale(&r, ns, &name, scale, &query.write_options()?).await?,
+                &registry.update_scale(&r, ns, &name, scale, &write_options(&query, &headers)?).await?,
             ))
         }
         (Some(Subresource::Scale), Method::PATCH) => {
             let patch_type = patch_type(&headers)?;
-            let scale = registry.patch_scale(&r, ns, &name, patch_type, &body, &query.write_options()?).await?;
+            let opts = patch_options(&query, &headers, patch_type)?;
+            let scale = registry.patch_scale(&r, ns, &name, patch_type, &body, &opts).await?;
             Ok(json_response(StatusCode::OK, &scale))
         }
         _ => Err(not_allowed()),
     }
+}
+
+/// The options of a write, its manager defaulting to the User-Agent's product (`managerOrUserAgent`).
+fn write_options(query: &Query, headers: &HeaderMap) -> ApiResult<WriteOptions> {
+    let mut opts = query.write_options()?;
+    if opts.field_manager.as_deref().is_none_or(str::is_empty) {
+        let agent = headers.get(axum::http::header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or("");
+        opts.field_manager = Some(crate::registry::manager_from_user_agent(agent));
+    }
+    Ok(opts)
+}
+
+/// `PatchOptions` (`ValidatePatchOptions`): apply needs `fieldManager`; only apply takes `force`,
+/// which is true unless `0`, `f` or `false` (apimachinery's query conversion of a bool).
+fn patch_options(query: &Query, headers: &HeaderMap, patch_type: PatchType) -> ApiResult<WriteOptions> {
+    let manager = query.get("fieldManager").unwrap_or("");
+    let force = query.get("force");
+    let mut errs = Vec::new();
+    if patch_type == PatchType::Apply {
+        if manager.is_empty() {
+            errs.push(FieldError::required("fieldManager", "is required for apply patch"));
+        }
+    } else if force.is_some() {
+        errs.push(FieldError::forbidden("force", "may not be specified for non-apply patch"));
+    }
+    errs.extend(crate::validation::validate_field_manager(manager, "fieldManager"));
+    if !errs.is_empty() {
+        let mut e = ApiError::invalid("meta.k8s.io", "PatchOptions", "", errs);
+        e.message = e.message.replacen("PatchOptions", "PatchOptions.meta.k8s.io", 1);
+        return Err(e);
+    }
+    let mut opts = write_options(query, headers)?;
+    opts.force = force.is_some_and(|f| !(f == "0" || f.eq_ignore_ascii_case("f") || f.eq_ignore_ascii_case("false")));
+    Ok(opts)
 }
 
 fn patch_type(headers: &HeaderMap) -> ApiResult<PatchType> {

@@ -1,7 +1,10 @@
 //! Patches a PATCH request carries, applied to the current object's JSON
 //! (`apiserver/pkg/endpoints/handlers/patch.go`): JSON patch (RFC 6902), merge patch (RFC 7386)
 //! and strategic merge patch (`strategic.rs`, over the kinds' patch metadata in `schema.rs`).
+//! Server-side apply (`apply.rs`) is not a patch of the object alone: the registry runs it with
+//! the object's managedFields.
 
+pub mod apply;
 mod schema;
 mod strategic;
 

@@ -26,7 +26,7 @@ impl Registry {
         let rv = meta_str(&binding, "resourceVersion").map(str::to_string);
         let annotations = meta::meta(&binding).get("annotations").and_then(Value::as_object).cloned();
         let pods = r.info().group_resource();
-        self.update_with(r, ns, name, opts, Some(Subresource::Binding), None, false, |current| {
+        self.update_with(r, ns, name, opts, Some(Subresource::Binding), None, false, None, |current| {
             let actual_uid = meta_str(current, "uid").unwrap_or("");
             if let Some(uid) = uid.as_deref().filter(|u| *u != actual_uid) {
                 let why = format!("Precondition failed: UID in precondition: {uid}, UID in object meta: {actual_uid}");

@@ -2,6 +2,7 @@
 //! `apiserver/pkg/registry/generic/registry/store.go`): create, get, update, patch, delete,
 //! in upstream's order, each write one storage transaction.
 
+use super::managed_fields;
 use super::meta::{self, meta_str};
 use super::options::{DeleteOptions, PatchType, WriteOptions};
 use super::{Registry, Resource, Subresource};
@@ -39,12 +40,19 @@ impl Registry {
     }
 
     /// POST: create an object (`Store.Create`).
-    pub async fn create(
+    pub async fn create(&self, r: &Resource, ns: Option<&str>, obj: Value, opts: &WriteOptions) -> ApiResult<Value> {
+        self.create_tracked(r, ns, obj, opts, Some("")).await
+    }
+
+    /// Create, recording the write in managedFields as an update through subresource `track`
+    /// (`None`: the caller did, as server-side apply does).
+    async fn create_tracked(
         &self,
         r: &Resource,
         ns: Option<&str>,
         mut obj: Value,
         opts: &WriteOptions,
+        track: Option<&'static str>,
     ) -> ApiResult<Value> {
         check_type(r, &obj)?;
         set_namespace(r, &mut obj, ns)?;
@@ -52,6 +60,9 @@ impl Registry {
         let generate = generate.flatten();
         let strategy = r.strategy();
         strategy.set_defaults(&mut obj);
+        if let (Some(sub), Some(manager)) = (track, opts.field_manager.as_deref()) {
+            managed_fields::track_update(&managed_fields::scope(r.info(), sub), None, &mut obj, manager);
+        }
         meta::fill_create(&mut obj, strategy.tracks_generation());
         if let Some(prefix) = &generate {
             meta::meta_mut(&mut obj).insert("name".into(), meta::generate_name(prefix).into());
@@ -146,7 +157,8 @@ impl Registry {
         }
         let requested_rv = meta_str(&obj, "resourceVersion").map(meta::parse_resource_version).transpose()?;
         let create = r.strategy().allow_create_on_update();
-        self.update_with(r, ns, name, opts, sub, requested_rv, create, |_| Ok(obj.clone())).await
+        let track = Some(sub.map_or("", Subresource::name));
+        self.update_with(r, ns, name, opts, sub, requested_rv, create, track, |_| Ok(obj.clone())).await
     }
 
     /// PATCH: apply a patch to the current object and update it (`patchResource`).
@@ -161,9 +173,12 @@ impl Registry {
         opts: &WriteOptions,
         sub: Option<Subresource>,
     ) -> ApiResult<(Value, bool)> {
+        if patch_type == PatchType::Apply {
+            return self.apply(r, ns, name, body, opts, sub).await;
+        }
         let patch = patch::Patch::parse(patch_type, body, r.info().kind)?;
-        let create = patch_type == PatchType::Apply;
-        self.update_with(r, ns, name, opts, sub, None, create, |current| {
+        let track = Some(sub.map_or("", Subresource::name));
+        self.update_with(r, ns, name, opts, sub, None, false, track, |current| {
             let mut patched = patch.apply(current)?;
             // A patch that names no resourceVersion applies to whatever is current.
             if meta_str(&patched, "resourceVersion").is_none()
@@ -176,8 +191,42 @@ impl Registry {
         .await
     }
 
+    /// PATCH with `application/apply-patch+yaml`: server-side apply of the configuration in
+    /// `body` by `opts.field_manager`, creating the object if it does not exist.
+    async fn apply(
+        &self,
+        r: &Resource,
+        ns: Option<&str>,
+        name: &str,
+        body: &[u8],
+        opts: &WriteOptions,
+        sub: Option<Subresource>,
+    ) -> ApiResult<(Value, bool)> {
+        let mut config = patch::apply::parse_config(body)?;
+        match meta_str(&config, "name") {
+            Some(n) if n != name => {
+                return Err(ApiError::bad_request(format!(
+                    "the name of the object ({n}) does not match the name on the URL ({name})"
+                )));
+            }
+            Some(_) => {}
+            None => {
+                meta::meta_mut(&mut config).insert("name".into(), name.into());
+            }
+        }
+        let scope = managed_fields::scope(r.info(), sub.map_or("", Subresource::name));
+        let manager = opts.field_manager.as_deref().unwrap_or_default();
+        self.update_with(r, ns, name, opts, sub, None, sub.is_none(), None, |current| {
+            let live = if current.is_null() { None } else { Some(current) };
+            managed_fields::apply(&scope, live, &config, manager, opts.force)
+        })
+        .await
+    }
+
     /// The read-modify-write loop of update and patch (`GuaranteedUpdate`): `change` turns the
     /// current object into the requested one; conflicts retry unless the client named a revision.
+    /// `track` names the subresource to record the write as an update by `opts.field_manager`
+    /// through in managedFields (`None`: `change` keeps them itself).
     #[allow(clippy::too_many_arguments)]
     pub(super) async fn update_with(
         &self,
@@ -188,6 +237,7 @@ impl Registry {
         sub: Option<Subresource>,
         requested_rv: Option<u64>,
         create_if_missing: bool,
+        track: Option<&'static str>,
         change: impl Fn(&Value) -> ApiResult<Value>,
     ) -> ApiResult<(Value, bool)> {
         let info = r.info();
@@ -198,7 +248,7 @@ impl Registry {
             let Some(current) = self.store.get(&key).map_err(|e| interpret(r, name, e))? else {
                 if create_if_missing && sub.is_none() {
                     let obj = change(&Value::Null)?;
-                    return Ok((self.create(r, ns, obj, opts).await?, true));
+                    return Ok((self.create_tracked(r, ns, obj, opts, track).await?, true));
                 }
                 return Err(ApiError::not_found(info.group_resource(), name));
             };
@@ -207,6 +257,14 @@ impl Registry {
             strategy.set_defaults(&mut new);
             check_type(r, &new)?;
             set_namespace(r, &mut new, ns)?;
+            match (track, opts.field_manager.as_deref()) {
+                (Some(sub), Some(manager)) => {
+                    managed_fields::track_update(&managed_fields::scope(info, sub), Some(&old), &mut new, manager);
+                }
+                // An untracked write (from inside kplane) keeps the owners it did not mention.
+                (Some(_), None) => managed_fields::keep_live(&old, &mut new),
+                (None, _) => {}
+            }
             let body_rv = match requested_rv {
                 Some(rv) => Some(rv),
                 None => meta_str(&new, "resourceVersion").map(meta::parse_resource_version).transpose()?,

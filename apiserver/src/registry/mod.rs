@@ -11,6 +11,7 @@ mod events;
 mod generic;
 mod leases;
 mod list;
+mod managed_fields;
 pub mod meta;
 mod namespaces;
 mod nodes;
@@ -24,6 +25,7 @@ mod services;
 pub mod table;
 mod watch;
 
+pub use managed_fields::manager_from_user_agent;
 pub use options::{DeleteOptions, ListOptions, PatchType, WatchOptions, WriteOptions};
 pub use watch::{Watch, WatchEvent, WatchedObject};
 

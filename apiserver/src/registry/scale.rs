@@ -27,7 +27,7 @@ impl Registry {
         let rv = meta_str(&scale, "resourceVersion").map(meta::parse_resource_version).transpose()?;
         let replicas = replicas_of(&scale, name)?;
         let (obj, _) = self
-            .update_with(r, ns, name, opts, None, rv, false, |current| {
+            .update_with(r, ns, name, opts, None, rv, false, Some("scale"), |current| {
                 let mut obj = current.clone();
                 obj["spec"]["replicas"] = replicas.into();
                 Ok(obj)
@@ -48,7 +48,7 @@ impl Registry {
     ) -> ApiResult<Value> {
         let patch = patch::Patch::parse(patch_type, body, "Scale")?;
         let (obj, _) = self
-            .update_with(r, ns, name, opts, None, None, false, |current| {
+            .update_with(r, ns, name, opts, None, None, false, Some("scale"), |current| {
                 let scale = patch.apply(&scale_of(current))?;
                 let replicas = replicas_of(&scale, name)?;
                 let mut obj = current.clone();
