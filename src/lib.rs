@@ -66,6 +66,7 @@ pub enum ClusterError {
 pub struct Cluster {
     registry: Arc<Registry>,
     client: kube::Client,
+    pod_logs: Option<Arc<dyn http::logs::PodLogs>>,
     url: Option<String>,
     kubeconfig: Option<PathBuf>,
     kubeconfig_outcome: Option<KubeconfigOutcome>,
@@ -127,9 +128,11 @@ impl Cluster {
             }
         };
 
+        let pod_logs = pod_logs_of(&config, logs.as_ref());
         let mut cluster = Cluster {
             registry: registry.clone(),
-            client: in_process_client(&registry, "127.0.0.1:0", pod_logs_of(&config, logs.as_ref())),
+            client: in_process_client(&registry, "127.0.0.1:0", pod_logs.clone(), None),
+            pod_logs,
             url: None,
             kubeconfig: None,
             kubeconfig_outcome: None,
@@ -152,7 +155,7 @@ impl Cluster {
         }
         if let Some(mut proxy) = config.proxy.clone() {
             proxy.reserved.extend(cluster.dns_addr());
-            cluster.proxy = Some(kplane_proxy::run(cluster.client.clone(), proxy).await?);
+            cluster.proxy = Some(kplane_proxy::run(cluster.client_as("kube-proxy"), proxy).await?);
         }
         Ok(cluster)
     }
@@ -160,33 +163,36 @@ impl Cluster {
     /// The controllers that run inside the binary. The built-in Services exist before this returns.
     async fn start_controllers(&mut self, config: &Config, apiserver: SocketAddr) -> Result<(), ClusterError> {
         let cidrs = config.service_cidrs()?;
+        // Each component writes under its upstream name, which becomes its field manager.
+        let (apiserver_client, controller_manager) =
+            (self.client_as("kube-apiserver"), self.client_as("kube-controller-manager"));
         let builtin = BuiltinServices {
             kubernetes_ip: cidrs[0].nth(1),
             dns_ip: cidrs[0].nth(10),
             apiserver: apiserver.ip(),
             apiserver_port: apiserver.port(),
         };
-        builtin.ensure(&self.client).await.map_err(ClusterError::Controller)?;
-        self.tasks.push(tokio::spawn(builtin.run(self.client.clone())));
+        builtin.ensure(&apiserver_client).await.map_err(ClusterError::Controller)?;
+        self.tasks.push(tokio::spawn(builtin.run(apiserver_client)));
         if config.lb_pool.is_some() {
             let pools = config.lb_pools()?.into_iter().map(|c| lb_ipam::Pool { network: c.addr, prefix: c.prefix });
-            self.tasks.push(tokio::spawn(lb_ipam::LbIpam::new(self.client.clone(), pools.collect()).run()));
+            self.tasks.push(tokio::spawn(lb_ipam::LbIpam::new(controller_manager.clone(), pools.collect()).run()));
         }
         // Endpoints, EndpointSlices and mirroring over one set of caches (pods, Services, Nodes, slices, Endpoints).
-        let informers = Arc::new(endpoint_informers::Informers::new(self.client.clone()));
+        let informers = Arc::new(endpoint_informers::Informers::new(controller_manager.clone()));
         let slices = endpointslice::EndpointSliceController::new(&informers, config.max_endpoints_per_slice);
         self.tasks.push(tokio::spawn(slices.run()));
         self.tasks.push(tokio::spawn(endpoints::EndpointsController::new(&informers).run()));
         self.tasks.push(tokio::spawn(endpointslice_mirroring::MirroringController::new(&informers).run()));
         self.tasks.push(tokio::spawn(informers.run()));
         // Garbage collection, namespace deletion (woken by the collector's deletions) and pod GC.
-        let gc = garbage_collector::GarbageCollector::new(self.client.clone(), Default::default());
+        let gc = garbage_collector::GarbageCollector::new(controller_manager.clone(), Default::default());
         let deletions = gc.deletions();
         self.tasks.push(tokio::spawn(gc.run()));
-        self.tasks.push(tokio::spawn(namespace::run(self.client.clone(), Some(deletions))));
-        self.tasks.push(tokio::spawn(podgc::run(self.client.clone(), Default::default())));
-        self.tasks.push(tokio::spawn(kplane_controllers::replicaset::run(self.client.clone())));
-        self.tasks.push(tokio::spawn(kplane_controllers::deployment::run(self.client.clone())));
+        self.tasks.push(tokio::spawn(namespace::run(controller_manager.clone(), Some(deletions))));
+        self.tasks.push(tokio::spawn(podgc::run(controller_manager.clone(), Default::default())));
+        self.tasks.push(tokio::spawn(kplane_controllers::replicaset::run(controller_manager.clone())));
+        self.tasks.push(tokio::spawn(kplane_controllers::deployment::run(controller_manager.clone())));
         // The node agent: its Node is registered and Ready before this returns.
         if let Some(node) = &config.node {
             let agent = kplane_controllers::node::NodeAgentConfig {
@@ -196,7 +202,7 @@ impl Cluster {
                 data_dir: config.data_dir.clone(),
                 logs: self.logs.clone(),
             };
-            self.node = Some(kplane_controllers::node::NodeAgent::start(self.client.clone(), agent).await?);
+            self.node = Some(kplane_controllers::node::NodeAgent::start(self.client_as("kubelet"), agent).await?);
         }
         Ok(())
     }
@@ -243,10 +249,16 @@ impl Cluster {
         sockets: kplane_dns::DnsSockets,
         config: kplane_dns::DnsConfig,
     ) -> Result<SocketAddr, ClusterError> {
-        let dns = kplane_dns::serve_on(self.client.clone(), sockets, config).await?;
+        let dns = kplane_dns::serve_on(self.client_as("kplane-dns"), sockets, config).await?;
         let addr = dns.local_addr();
         self.dns = Some(dns);
         Ok(addr)
+    }
+
+    /// An in-process client that names itself `agent` in its User-Agent, and so writes as the
+    /// field manager `agent` (as `kube-controller-manager`, `kubelet`, … do upstream).
+    pub fn client_as(&self, agent: &str) -> kube::Client {
+        in_process_client(&self.registry, "127.0.0.1:0", self.pod_logs.clone(), Some(agent))
     }
 
     /// The service proxy, when it runs.
@@ -325,11 +337,17 @@ fn in_process_client(
     registry: &Arc<Registry>,
     advertise: &str,
     pod_logs: Option<Arc<dyn http::logs::PodLogs>>,
+    agent: Option<&str>,
 ) -> kube::Client {
     let state = Arc::new(AppState { registry: registry.clone(), advertise: advertise.to_string(), pod_logs });
     let router = http::router(state);
+    let user_agent =
+        agent.and_then(|a| ::http::HeaderValue::from_str(&format!("{a}/v{} (kplane)", env!("CARGO_PKG_VERSION"))).ok());
     let service = tower::ServiceBuilder::new()
-        .map_request(|mut req: ::http::Request<kube::client::Body>| {
+        .map_request(move |mut req: ::http::Request<kube::client::Body>| {
+            if let Some(ua) = &user_agent {
+                req.headers_mut().entry(::http::header::USER_AGENT).or_insert_with(|| ua.clone());
+            }
             // kube sends relative URIs to its base URL; the router only needs the path and query.
             let pq = req.uri().path_and_query().cloned();
             if let Some(pq) = pq {

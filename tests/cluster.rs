@@ -116,3 +116,40 @@ async fn events_are_one_resource_in_both_apis() {
     let by_regarding = events.list(&ListParams::default().fields("regarding.name=noted")).await.expect("list");
     assert_eq!(by_regarding.items.len(), 2);
 }
+
+/// The built-in components write as their upstream names, so managedFields says who owns what.
+#[tokio::test]
+async fn components_write_as_their_upstream_field_managers() {
+    use k8s_openapi::api::core::v1::{Node, Service};
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
+    let cluster = kplane::Cluster::start().await.expect("cluster starts");
+    let managers = |fields: Option<Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry>>| {
+        fields.unwrap_or_default().into_iter().filter_map(|m| m.manager).collect::<Vec<_>>()
+    };
+    let kubernetes =
+        Api::<Service>::namespaced(cluster.client(), "default").get("kubernetes").await.expect("kubernetes");
+    assert_eq!(managers(kubernetes.metadata.managed_fields), ["kube-apiserver"]);
+    let node = Api::<Node>::all(cluster.client()).list(&ListParams::default()).await.expect("nodes").items.pop();
+    let node = node.expect("the node agent registered its Node");
+    let node_managers = managers(node.metadata.managed_fields);
+    assert!(!node_managers.is_empty() && node_managers.iter().all(|m| m == "kubelet"), "{node_managers:?}");
+
+    let services: Api<Service> = Api::namespaced(cluster.client(), "default");
+    let svc = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "web"},
+        "spec": {"selector": {"app": "web"}, "ports": [{"port": 80}]},
+    }))
+    .expect("service");
+    services.create(&PostParams::default(), &svc).await.expect("create");
+    let slices: Api<EndpointSlice> = Api::namespaced(cluster.client(), "default");
+    let params = ListParams::default().labels("kubernetes.io/service-name=web");
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    let slice = loop {
+        if let Some(s) = slices.list(&params).await.expect("list").items.pop() {
+            break s;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no EndpointSlice for web");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    };
+    assert_eq!(managers(slice.metadata.managed_fields), ["kube-controller-manager"]);
+}
