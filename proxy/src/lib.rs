@@ -10,7 +10,7 @@
 //! Layers, from the outside in:
 //! - `sync`: reflectors and the diff-apply loop;
 //! - [`desired`] and [`endpoints`]: pure functions from API objects to listeners and endpoints;
-//! - `listener`, `tcp`, `udp`: sockets and relaying;
+//! - `listener`, `tcp` (+ `relay`: buffer, then splice(2) on Linux), `udp`: sockets and relaying;
 //! - [`balance`] (a tower layer: endpoint order, fallback, affinity) over [`connect`].
 //!
 //! ```no_run
@@ -31,6 +31,7 @@ mod health;
 pub mod incremental;
 mod listener;
 mod nftables;
+mod relay;
 mod sync;
 mod tcp;
 mod udp;

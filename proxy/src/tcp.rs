@@ -1,4 +1,4 @@
-//! The TCP data path: accept → pick an endpoint (skipping ones that refuse) → copy both ways until
+//! The TCP data path: accept → pick an endpoint (skipping ones that refuse) → relay both ways until
 //! both sides are done. A connection nobody can take is reset at once, never left hanging.
 
 use crate::balance::{BalanceLayer, Route};
@@ -8,15 +8,10 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::copy_bidirectional_with_sizes;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tower::{Layer, Service, ServiceExt};
 use tracing::Instrument;
-
-/// Relay buffer per direction: large enough that bulk transfers move in few syscalls (tokio's
-/// default of 8 KiB halves throughput), small enough for many idle connections.
-const BUF: usize = 64 * 1024;
 
 /// How long to pause accepting after a resource error (out of file descriptors, memory).
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
@@ -57,19 +52,17 @@ pub(crate) async fn serve(
 }
 
 /// One client connection: connect it to an endpoint and relay, or reset it.
-pub(crate) async fn forward<B>(mut downstream: TcpStream, client: SocketAddr, balance: B)
+pub(crate) async fn forward<B>(downstream: TcpStream, client: SocketAddr, balance: B)
 where
     B: Service<SocketAddr, Response = (SocketAddr, TcpStream)>,
     B::Error: std::fmt::Display,
 {
     let _ = downstream.set_nodelay(true);
     match balance.oneshot(client).await {
-        Ok((endpoint, mut upstream)) => {
-            match copy_bidirectional_with_sizes(&mut downstream, &mut upstream, BUF, BUF).await {
-                Ok((sent, received)) => tracing::debug!(%endpoint, sent, received, "connection done"),
-                Err(e) => tracing::debug!(%endpoint, error = %e, "connection ended"),
-            }
-        }
+        Ok((endpoint, upstream)) => match crate::relay::relay(&downstream, &upstream).await {
+            Ok((sent, received)) => tracing::debug!(%endpoint, sent, received, "connection done"),
+            Err(e) => tracing::debug!(%endpoint, error = %e, "connection ended"),
+        },
         Err(e) => {
             tracing::debug!(error = %e, "refusing the connection");
             // A reset, as the kernel answers a port nobody listens on.

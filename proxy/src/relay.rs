@@ -1,0 +1,194 @@
+//! Relaying one proxied TCP connection both ways until both sides are done.
+//!
+//! Small messages go through a user-space buffer (one read, one write). On Linux, once a
+//! direction shows bulk data (a read fills the buffer) it switches to splice(2): socket → pipe →
+//! socket, so the bytes never enter user space (haproxy's "splice-auto"). Each direction's
+//! end of data becomes a write shutdown on the other socket (half-close), and an error on either
+//! side resets both, so each peer learns the connection broke rather than seeing a clean end.
+//! Buffering is bounded per direction (the buffer, or the pipe), so a client that never reads
+//! holds back only its own backend.
+
+use std::io;
+use tokio::net::TcpStream;
+
+/// The user-space buffer of a direction before it turns to splice (and for good elsewhere).
+const BUF: usize = 16 * 1024;
+
+/// Bytes moved: (client → backend, backend → client).
+pub(crate) type Moved = (u64, u64);
+
+/// Relays between `client` and `backend` until both directions have ended, or one fails (then
+/// both are reset).
+pub(crate) async fn relay(client: &TcpStream, backend: &TcpStream) -> io::Result<Moved> {
+    relay_with(client, backend, cfg!(target_os = "linux")).await
+}
+
+/// [`relay`], with splice(2) allowed or not (benchmarks compare).
+async fn relay_with(client: &TcpStream, backend: &TcpStream, splice: bool) -> io::Result<Moved> {
+    let result = tokio::try_join!(one_way(client, backend, splice), one_way(backend, client, splice));
+    if result.is_err() {
+        // Pass the break on: a reset to whichever side did not fail (harmless on the other).
+        let _ = client.set_zero_linger();
+        let _ = backend.set_zero_linger();
+    }
+    result
+}
+
+/// Copies `from` → `to` until `from` ends, then shuts down `to`'s write side.
+async fn one_way(from: &TcpStream, to: &TcpStream, splice: bool) -> io::Result<u64> {
+    let mut buf = Vec::with_capacity(BUF);
+    let mut total = 0u64;
+    #[cfg(target_os = "linux")]
+    let mut try_splice = splice;
+    #[cfg(not(target_os = "linux"))]
+    let _ = splice;
+    loop {
+        from.readable().await?;
+        buf.clear();
+        let n = match from.try_read_buf(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        };
+        write_all(to, &buf[..n]).await?;
+        total += n as u64;
+        #[cfg(target_os = "linux")]
+        if n == BUF && try_splice {
+            // Bulk data: the rest goes through a pipe, if one can be had.
+            match splice::Pipe::new() {
+                Ok(pipe) => match splice::relay(&pipe, from, to).await? {
+                    splice::Outcome::Done(spliced) => {
+                        total += spliced;
+                        break;
+                    }
+                    splice::Outcome::Unsupported => try_splice = false,
+                },
+                Err(e) => tracing::debug!(error = %e, "no pipe for splice; copying"),
+            }
+        }
+    }
+    shutdown_write(to)?;
+    Ok(total)
+}
+
+async fn write_all(to: &TcpStream, mut data: &[u8]) -> io::Result<()> {
+    while !data.is_empty() {
+        to.writable().await?;
+        match to.try_write(data) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => data = &data[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Half-close: the peer reads the end of data; its own direction carries on. A peer already
+/// gone (`ENOTCONN`) is not an error here: its direction reports that.
+fn shutdown_write(to: &TcpStream) -> io::Result<()> {
+    match socket_shutdown_write(to) {
+        Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(()),
+        other => other,
+    }
+}
+
+fn socket_shutdown_write(to: &TcpStream) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: shutdown(2) on a descriptor `to` owns and keeps open for the call.
+    if unsafe { libc::shutdown(to.as_raw_fd(), libc::SHUT_WR) } == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+}
+
+#[cfg(target_os = "linux")]
+mod splice {
+    //! socket → pipe → socket with splice(2), with tokio's readiness: wait until ready, try the
+    //! call; `EAGAIN` clears the readiness so the next wait is for a new event.
+    use std::io;
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+    use tokio::io::Interest;
+    use tokio::net::TcpStream;
+
+    /// The pipe size asked for a bulk direction (the default limit for unprivileged users,
+    /// `/proc/sys/fs/pipe-max-size`); if refused, the default (64 KiB) is used.
+    const PIPE_SIZE: libc::c_int = 1 << 20;
+
+    /// A pipe, both ends non-blocking.
+    pub(super) struct Pipe {
+        read: OwnedFd,
+        write: OwnedFd,
+        size: usize,
+    }
+
+    impl Pipe {
+        pub(super) fn new() -> io::Result<Self> {
+            let mut fds = [0 as RawFd; 2];
+            // SAFETY: pipe2 writes two descriptors into `fds`, which we then own.
+            if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) } != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // SAFETY: both descriptors were just created and are owned by nothing else.
+            let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+            // SAFETY: fcntl on a descriptor we own; failure leaves the pipe at its default size.
+            let size = unsafe {
+                libc::fcntl(write.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_SIZE);
+                libc::fcntl(write.as_raw_fd(), libc::F_GETPIPE_SZ)
+            };
+            let size = usize::try_from(size).ok().filter(|s| *s > 0).unwrap_or(64 * 1024);
+            Ok(Self { read, write, size })
+        }
+    }
+
+    /// Bytes moved by splice in this process, for tests to see the path taken.
+    #[cfg(test)]
+    pub(super) static SPLICED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+    /// How a splice relay ended.
+    pub(super) enum Outcome {
+        /// `from` reached its end after this many bytes.
+        Done(u64),
+        /// splice does not work on these sockets (`EINVAL` on the first call): copy instead.
+        Unsupported,
+    }
+
+    fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
+        let flags = libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK;
+        // SAFETY: both descriptors are open for the call; no offsets (sockets and pipes).
+        let n = unsafe { libc::splice(from, std::ptr::null_mut(), to, std::ptr::null_mut(), len, flags) };
+        usize::try_from(n).map_err(|_| io::Error::last_os_error())
+    }
+
+    /// Moves `from` → `to` through `pipe` until `from` ends. The pipe is empty whenever a fill
+    /// starts, so an `EAGAIN` from the fill means the socket has nothing, never a full pipe.
+    pub(super) async fn relay(pipe: &Pipe, from: &TcpStream, to: &TcpStream) -> io::Result<Outcome> {
+        let mut total = 0u64;
+        loop {
+            from.readable().await?;
+            let filled =
+                from.try_io(Interest::READABLE, || splice(from.as_raw_fd(), pipe.write.as_raw_fd(), pipe.size));
+            let n = match filled {
+                Ok(0) => return Ok(Outcome::Done(total)),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) && total == 0 => return Ok(Outcome::Unsupported),
+                Err(e) => return Err(e),
+            };
+            let mut left = n;
+            while left > 0 {
+                to.writable().await?;
+                match to.try_io(Interest::WRITABLE, || splice(pipe.read.as_raw_fd(), to.as_raw_fd(), left)) {
+                    Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                    Ok(m) => left -= m,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            total += n as u64;
+            #[cfg(test)]
+            SPLICED.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
