@@ -659,6 +659,63 @@ async fn floods_and_stalled_clients_leave_the_proxy_serving() {
     assert_eq!(ask_udp(vip).await.expect("UDP still answered"), "a");
 }
 
+/// The byte at `offset` of the test stream: content and order both checkable.
+fn stream_byte(offset: u64) -> u8 {
+    (offset.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 56) as u8
+}
+
+/// Bulk data both ways at once through a ClusterIP (the relay's splice path), then a half-close:
+/// the echo comes back whole and in order, and the backend's close after the client's end of data
+/// reaches the client.
+#[tokio::test]
+async fn bulk_transfers_arrive_whole_and_half_close_passes() {
+    const LEN: u64 = 48 << 20;
+    let fx = Fx::start(19).await;
+    let _tcp = tcp_backend(SocketAddr::new(fx.ip(1), 8080), "echo").await;
+    let svc = fx.create_service(service("bulk", "ClusterIP", json!([{"port": 80, "targetPort": 8080}]))).await;
+    fx.put_slice("bulk", "bulk-1", ("", "TCP", 8080), vec![endpoint(fx.ip(1), READY, NODE)]).await;
+    let vip = SocketAddr::new(cluster_ip(&svc), 80);
+    until_tcp_answers(vip, &["echo"]).await;
+
+    let stream = TcpStream::connect(vip).await.expect("connect");
+    let (r, mut w) = stream.into_split();
+    let writer = tokio::spawn(async move {
+        let mut offset = 0u64;
+        while offset < LEN {
+            let chunk: Vec<u8> = (offset..(offset + 200_003).min(LEN)).map(stream_byte).collect();
+            w.write_all(&chunk).await.expect("write");
+            offset += chunk.len() as u64;
+        }
+        w.shutdown().await.expect("half-close");
+    });
+    let mut r = BufReader::new(r);
+    assert_eq!(greeting_of(&mut r).await, "echo");
+    let received = timeout(Duration::from_secs(60), async {
+        let mut buf = vec![0u8; 100_000];
+        let mut offset = 0u64;
+        loop {
+            let n = tokio::io::AsyncReadExt::read(&mut r, &mut buf).await.expect("read");
+            if n == 0 {
+                return offset;
+            }
+            for b in &buf[..n] {
+                assert_eq!(*b, stream_byte(offset), "byte {offset}");
+                offset += 1;
+            }
+        }
+    })
+    .await
+    .expect("the echo ends in time");
+    assert_eq!(received, LEN, "the whole echo, then the end of data");
+    writer.await.expect("writer");
+}
+
+async fn greeting_of(reader: &mut BufReader<tokio::net::tcp::OwnedReadHalf>) -> String {
+    let mut line = String::new();
+    timeout(ATTEMPT, reader.read_line(&mut line)).await.expect("greeting in time").expect("greeting");
+    line.trim_end().to_string()
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // LoadBalancer: the LB IPAM controller's ingress IPs, served by the proxy.
 
@@ -816,7 +873,9 @@ async fn health_check_node_port_reports_local_ready_endpoints() {
     // A health-check port someone else holds at first: an Event, then served once it is free.
     let hc_port = 31000 + 20 * 15 + 19;
     let squatter = std::net::TcpListener::bind(("127.0.0.1", hc_port)).expect("squat");
-    let mut svc = service("local", "LoadBalancer", json!([{"name": "http", "port": 80, "targetPort": 8080}]));
+    // The NodePort is pinned too: a random one could take the health-check port first.
+    let ports = json!([{"name": "http", "port": 80, "targetPort": 8080, "nodePort": hc_port - 1}]);
+    let mut svc = service("local", "LoadBalancer", ports);
     svc["spec"]["externalTrafficPolicy"] = json!("Local");
     svc["spec"]["healthCheckNodePort"] = json!(hc_port);
     fx.create_service(svc).await;
