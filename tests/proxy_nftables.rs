@@ -404,7 +404,7 @@ fn cluster_ip_and_node_port_are_dnated_to_pods_and_follow_the_endpoints() {
 }
 
 #[test]
-fn client_ip_affinity_sticks_and_external_local_keeps_to_node_endpoints() {
+fn affinity_external_local_external_ips_and_lb_source_ranges() {
     let Some(netns) = Netns::create("policy") else { return };
     let backends = netns.backends();
     netns.run_in_node(move || async move {
@@ -428,6 +428,33 @@ fn client_ip_affinity_sticks_and_external_local_keeps_to_node_endpoints() {
         set_slice(&cluster, "local", &[(POD_A, NODE), (POD_B, "node-b")]).await;
         until_names(addr("10.96.0.61", 80), 24, "the ClusterIP uses both", |s| *s == names(&["a", "b"])).await;
         until_names(addr("10.200.0.1", 30090), 24, "the NodePort only the local pod", |s| *s == names(&["a"])).await;
+
+        // externalIPs and load-balancer ingress IPs are caught too; loadBalancerSourceRanges
+        // admit the node (inside 10.200.0.0/24) on one and drop it on the other.
+        let external = json!({"externalIPs": ["10.200.0.100"]});
+        create_service(&cluster, "ext", "10.96.0.62", None, external).await;
+        set_slice(&cluster, "ext", &[(POD_A, NODE)]).await;
+        until_names(addr("10.200.0.100", 80), 6, "the externalIP reaches the pod", |s| *s == names(&["a"])).await;
+        for (name, ip, lb, range) in [
+            ("lb-in", "10.96.0.63", "10.200.0.101", "10.200.0.0/24"),
+            ("lb-out", "10.96.0.64", "10.200.0.102", "192.0.2.0/24"),
+        ] {
+            let spec = json!({"type": "LoadBalancer", "loadBalancerSourceRanges": [range]});
+            create_service(&cluster, name, ip, None, spec).await;
+            set_slice(&cluster, name, &[(POD_B, NODE)]).await;
+            let status = json!({"status": {"loadBalancer": {"ingress": [{"ip": lb, "ipMode": "VIP"}]}}});
+            api.patch_status(name, &PatchParams::default(), &Patch::Merge(&status)).await.expect("LB status");
+        }
+        until_names(addr("10.200.0.101", 80), 6, "an admitted source reaches the pod", |s| *s == names(&["b"])).await;
+        // Same rules, other range: the firewall drops the node's SYN (a timeout, not a refusal).
+        until_names(addr("10.96.0.64", 80), 1, "lb-out's ClusterIP works", |s| *s == names(&["b"])).await;
+        let start = Instant::now();
+        while !netns_list_contains("10.200.0.102 . tcp . 80 : goto fw-") {
+            assert!(start.elapsed() < DEADLINE, "no firewall for lb-out: {:?}", current_table());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let dropped = ask(addr("10.200.0.102", 80)).await;
+        assert!(dropped.as_ref().is_err_and(|e| e.kind() == ErrorKind::TimedOut), "{dropped:?}");
     });
 }
 
