@@ -379,6 +379,13 @@ fn cluster_ip_and_node_port_are_dnated_to_pods_and_follow_the_endpoints() {
         set_slice(&cluster, "web", &[(POD_A, NODE)]).await;
         until_names(addr("10.200.0.1", 30080), 12, "only pod a", |s| *s == names(&["a"])).await;
 
+        // Someone deletes kplane's table: the next change's transaction fails, and the whole
+        // table is rebuilt from the desired state.
+        run(&["nft", "delete", "table", "inet", "kplane"]).expect("delete the table (this thread is in the node)");
+        set_slice(&cluster, "web", &[(POD_A, NODE), (POD_B, NODE)]).await;
+        until_names(addr("10.96.0.50", 80), 24, "rebuilt after the table vanished", both).await;
+        until_refused(addr("10.96.0.51", 80)).await;
+
         // A deleted Service leaves nothing behind in the table.
         let api: Api<Service> = Api::namespaced(cluster.client(), NS);
         api.delete("empty", &DeleteParams::default()).await.expect("delete");
