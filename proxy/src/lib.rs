@@ -129,6 +129,8 @@ pub enum ProxyError {
     Api(#[from] kube::Error),
     #[error("nftables proxy mode: {0}")]
     Nftables(String),
+    #[error("starting the proxy's runtime: {0}")]
+    Runtime(std::io::Error),
 }
 
 /// Where one listener stands.
@@ -157,6 +159,8 @@ pub struct ProxyHandle {
     status: Arc<Mutex<BTreeMap<Listen, ListenerStatus>>>,
     /// Dropped with the handle, which tells every connection task to end.
     _shutdown: watch::Sender<()>,
+    /// Where all of the above runs; dropped last.
+    _runtime: ProxyRuntime,
 }
 
 impl Drop for ProxyHandle {
@@ -164,6 +168,41 @@ impl Drop for ProxyHandle {
         self.task.abort();
         if let Some(h) = &self.healthz {
             h.abort();
+        }
+    }
+}
+
+/// The proxy's own runtime (threads `kplane-proxy`): the watches, the sync loop, listeners and
+/// relays run there, so a control-plane task that holds a worker of the embedding runtime for a
+/// while (a controller digesting a burst) does not hold up Service traffic or route changes; the
+/// OS shares the CPUs between the two preemptively, as between kube-proxy and other processes.
+struct ProxyRuntime(Option<tokio::runtime::Runtime>);
+
+impl ProxyRuntime {
+    fn new() -> Result<Self, ProxyError> {
+        let workers = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 8);
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
+            .thread_name("kplane-proxy")
+            .enable_all()
+            .build()
+            .map_err(ProxyError::Runtime)?;
+        Ok(Self(Some(runtime)))
+    }
+
+    fn handle(&self) -> &tokio::runtime::Handle {
+        match &self.0 {
+            Some(rt) => rt.handle(),
+            None => unreachable!("the runtime is only taken on drop"),
+        }
+    }
+}
+
+impl Drop for ProxyRuntime {
+    /// Without waiting for its tasks: a runtime may be dropped from async code only this way.
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
         }
     }
 }
@@ -193,6 +232,7 @@ pub async fn run(client: kube::Client, config: ProxyConfig) -> Result<ProxyHandl
     if config.udp_max_flows == 0 {
         return Err(ProxyError::Config("udp_max_flows must be at least 1".into()));
     }
+    let runtime = ProxyRuntime::new()?;
     let (shutdown_tx, shutdown_rx) = watch::channel(());
     let status = Arc::new(Mutex::new(BTreeMap::new()));
     let shared = listener::Shared {
@@ -207,7 +247,17 @@ pub async fn run(client: kube::Client, config: ProxyConfig) -> Result<ProxyHandl
     };
     let (synced_tx, synced_rx) = watch::channel(false);
     let health = Arc::new(health::ProxyHealth::default());
-    let healthz = config.healthz_listen.map(|addr| health::serve_proxy_health(addr, health.clone()));
-    let sync = sync::start(client, config, shared, synced_tx, health).await?;
-    Ok(ProxyHandle { task: tokio::spawn(sync), healthz, synced: synced_rx, status, _shutdown: shutdown_tx })
+    let healthz = config.healthz_listen.map(|addr| {
+        let _in = runtime.handle().enter();
+        health::serve_proxy_health(addr, health.clone())
+    });
+    // Started on the proxy's runtime, so everything it spawns runs there.
+    let started = runtime
+        .handle()
+        .spawn(async move { sync::start(client, config, shared, synced_tx, health).await.map(tokio::spawn) });
+    let task = match started.await {
+        Ok(task) => task?,
+        Err(e) => return Err(ProxyError::Runtime(std::io::Error::other(e))),
+    };
+    Ok(ProxyHandle { task, healthz, synced: synced_rx, status, _shutdown: shutdown_tx, _runtime: runtime })
 }
