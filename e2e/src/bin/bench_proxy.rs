@@ -6,7 +6,8 @@
 //!
 //! Needs `wrk` and `haproxy` (Debian packages) on PATH.
 //! `cargo build --release -p kplane-e2e --bin kplane-bench-proxy && target/release/kplane-bench-proxy`
-//! Flags: `--only throughput,http,change`, `--services N` (default 10000), `--seconds S` (wrk, default 5).
+//! Flags: `--only throughput,http,change`, `--services N` (default 10000), `--seconds S` (each wrk run,
+//! default 3), `--rounds R` (wrk rounds, paths interleaved, medians reported; default 3).
 
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -27,16 +28,18 @@ struct Args {
     only: Option<Vec<String>>,
     services: usize,
     seconds: u64,
+    rounds: usize,
 }
 
 fn args() -> Args {
-    let mut a = Args { only: None, services: 10_000, seconds: 5 };
+    let mut a = Args { only: None, services: 10_000, seconds: 3, rounds: 3 };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         match flag.as_str() {
             "--only" => a.only = it.next().map(|s| s.split(',').map(String::from).collect()),
             "--services" => a.services = it.next().and_then(|s| s.parse().ok()).unwrap_or(a.services),
             "--seconds" => a.seconds = it.next().and_then(|s| s.parse().ok()).unwrap_or(a.seconds),
+            "--rounds" => a.rounds = it.next().and_then(|s| s.parse().ok()).filter(|r| *r > 0).unwrap_or(a.rounds),
             other => panic!("unknown flag {other}"),
         }
     }
@@ -252,12 +255,109 @@ async fn expose(cluster: &Cluster, name: &str, backend: SocketAddr) -> (SocketAd
     (cip, np)
 }
 
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// CPU time (user + system) from a `/proc/.../stat` line.
+fn stat_cpu(stat: &str) -> Duration {
+    // Fields after the parenthesised command: state is the first, utime the 12th, stime the 13th.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+    let f: Vec<u64> = rest.split_whitespace().skip(11).take(2).filter_map(|v| v.parse().ok()).collect();
+    // In clock ticks: USER_HZ, 100 on Linux.
+    Duration::from_millis(f.iter().sum::<u64>() * 10)
+}
+
+/// The proxy's runtime threads.
+const PROXY_THREADS: &[&str] = &["kplane-proxy"];
+/// The runtime threads of the cluster (API server, controllers) and of the proxy.
+const ALL_THREADS: &[&str] = &["kplane-proxy", "tokio-rt-worker"];
+
+/// CPU time of this process's threads named one of `names`.
+fn threads_cpu(names: &[&str]) -> Duration {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return Duration::ZERO };
+    tasks
+        .flatten()
+        .filter(|t| std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| names.contains(&c.trim())))
+        .filter_map(|t| std::fs::read_to_string(t.path().join("stat")).ok())
+        .map(|s| stat_cpu(&s))
+        .sum()
+}
+
+/// CPU time of process `pid`, all its threads.
+fn process_cpu(pid: u32) -> Duration {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).map(|s| stat_cpu(&s)).unwrap_or_default()
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
 fn load() -> String {
     std::fs::read_to_string("/proc/loadavg").unwrap_or_default().split(' ').take(3).collect::<Vec<_>>().join(" ")
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn sorted(it: impl Iterator<Item = Duration>) -> Vec<Duration> {
+    let mut v: Vec<Duration> = it.collect();
+    v.sort();
+    v
+}
+
+/// Waits until the runtime threads (the cluster and its proxy) use under 5% of a core over a
+/// 500 ms window (at most 60 s); the CPU they used meanwhile.
+async fn settle_workers() -> Duration {
+    let start = threads_cpu(ALL_THREADS);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let before = threads_cpu(ALL_THREADS);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        if threads_cpu(ALL_THREADS) - before < Duration::from_millis(25) || Instant::now() > deadline {
+            return threads_cpu(ALL_THREADS) - start;
+        }
+    }
+}
+
+/// Switches slice `s0-1` between the two backends once per round and times each switch until a
+/// new connection to `s0` reaches the new backend: (total, API write acknowledged, round,
+/// connections tried) per round.
+async fn change_samples(
+    services: &Api<Service>,
+    slices: &Api<EndpointSlice>,
+    rounds: std::ops::Range<usize>,
+    (old_addr, new_addr): (SocketAddr, SocketAddr),
+) -> Vec<(Duration, Duration, usize, u32)> {
+    let target = services.get("s0").await.expect("get");
+    let addr = SocketAddr::new(cluster_ip(&target), 80);
+    let mut out = Vec::new();
+    for round in rounds {
+        let (to, name) = if round % 2 == 0 { (new_addr, "new") } else { (old_addr, "old") };
+        let mut s = slices.get("s0-1").await.expect("slice");
+        let resource_version = s.resource_version();
+        s = slice("s0", to);
+        s.metadata.resource_version = resource_version;
+        let t = Instant::now();
+        slices.replace("s0-1", &PostParams::default(), &s).await.expect("replace");
+        let written = t.elapsed();
+        let mut tries = 0u32;
+        loop {
+            tries += 1;
+            if let Ok(stream) = TcpStream::connect(addr).await {
+                let mut line = String::new();
+                let _ = BufReader::new(stream).read_line(&mut line).await;
+                if line.trim() == name {
+                    break;
+                }
+            }
+            assert!(t.elapsed() < Duration::from_secs(10), "the change never applied");
+        }
+        out.push((t.elapsed(), written, round, tries));
+    }
+    out
 }
 
 #[tokio::main]
@@ -272,17 +372,32 @@ async fn main() {
         let direct = backend.local_addr().expect("addr");
         spawn_backend(backend, sink);
         let (cip, _) = expose(&cluster, "bulk", direct).await;
-        let hap = haproxy("127.0.0.1:18081".parse().expect("addr"), direct, dir.path());
-        until_connects("127.0.0.1:18081".parse().expect("addr")).await;
-        let d = bulk(direct).await;
-        let k = bulk(cip).await;
-        let h = bulk("127.0.0.1:18081".parse().expect("addr")).await;
-        drop(hap);
-        println!("## Bulk TCP, 1 GiB one connection\n");
-        println!("| path | MB/s | vs direct |\n|---|---:|---:|");
-        for (name, v) in [("direct", d), ("kplane ClusterIP", k), ("haproxy (tcp mode)", h)] {
-            println!("| {name} | {v:.0} | {:.2} |", v / d);
+        let hap_addr: SocketAddr = "127.0.0.1:18081".parse().expect("addr");
+        let hap = haproxy(hap_addr, direct, dir.path());
+        until_connects(hap_addr).await;
+        let hap_pid = hap.0.id();
+        // Three rounds, the paths interleaved, so a burst of load elsewhere hits all of them.
+        let (mut d, mut k, mut h) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut k_cpu, mut h_cpu) = (Duration::ZERO, Duration::ZERO);
+        for _ in 0..3 {
+            d.push(bulk(direct).await);
+            let before = threads_cpu(PROXY_THREADS);
+            k.push(bulk(cip).await);
+            k_cpu += threads_cpu(PROXY_THREADS) - before;
+            let before = process_cpu(hap_pid);
+            h.push(bulk(hap_addr).await);
+            h_cpu += process_cpu(hap_pid) - before;
         }
+        drop(hap);
+        let (d, k, h) = (median(d), median(k), median(h));
+        let per_gib = |cpu: Duration| {
+            format!("{:.0}", cpu.as_secs_f64() * 1000.0 / 3.0 / (BULK_BYTES as f64 / (1u64 << 30) as f64))
+        };
+        println!("## Bulk TCP, 1 GiB one connection (median of 3 rounds)\n");
+        println!("| path | MB/s | vs direct | relay CPU ms per GiB |\n|---|---:|---:|---:|");
+        println!("| direct | {d:.0} | 1.00 | – |");
+        println!("| kplane ClusterIP | {k:.0} | {:.2} | {} |", k / d, per_gib(k_cpu));
+        println!("| haproxy (tcp mode) | {h:.0} | {:.2} | {} |", h / d, per_gib(h_cpu));
         println!();
     }
 
@@ -295,17 +410,29 @@ async fn main() {
         let _hap = haproxy(hap_addr, direct, dir.path());
         until_connects(hap_addr).await;
         for (title, close) in [("keep-alive, 64 connections", false), ("one connection per request", true)] {
-            println!("## HTTP with wrk -t1 -c64 -d{}s, {title}\n", a.seconds);
+            println!("## HTTP with wrk -t1 -c64 -d{}s, {title} (median of {} rounds)\n", a.seconds, a.rounds);
             println!("| path | requests/s | p99 ms | vs direct | vs haproxy |\n|---|---:|---:|---:|---:|");
-            let runs: Vec<(&str, (f64, f64))> =
-                [("direct", direct), ("haproxy", hap_addr), ("ClusterIP", cip), ("NodePort", np)]
-                    .into_iter()
-                    .map(|(n, addr)| (n, wrk(addr, a.seconds, close)))
-                    .collect();
-            let d = runs[0].1.0;
-            let h = runs[1].1.0;
-            for (name, (rps, p99)) in &runs {
-                println!("| {name} | {rps:.0} | {p99:.2} | {:.2} | {:.2} |", rps / d, rps / h);
+            let paths = [("direct", direct), ("haproxy", hap_addr), ("ClusterIP", cip), ("NodePort", np)];
+            // The paths take turns each round, so load from elsewhere falls on all of them.
+            let mut rps = vec![Vec::new(); paths.len()];
+            let mut p99 = vec![Vec::new(); paths.len()];
+            for _ in 0..a.rounds {
+                for (i, (_, addr)) in paths.iter().enumerate() {
+                    let (r, p) = wrk(*addr, a.seconds, close);
+                    rps[i].push(r);
+                    p99[i].push(p);
+                }
+            }
+            let rps: Vec<f64> = rps.into_iter().map(median).collect();
+            let p99: Vec<f64> = p99.into_iter().map(median).collect();
+            for (i, (name, _)) in paths.iter().enumerate() {
+                println!(
+                    "| {name} | {:.0} | {:.2} | {:.2} | {:.2} |",
+                    rps[i],
+                    p99[i],
+                    rps[i] / rps[0],
+                    rps[i] / rps[1]
+                );
             }
             println!();
         }
@@ -335,37 +462,29 @@ async fn main() {
         let last = services.get(&format!("s{}", a.services - 1)).await.expect("get");
         until_connects(SocketAddr::new(cluster_ip(&last), 80)).await;
         let listening = cluster.proxy().expect("proxy").listeners().len();
+        let created = start.elapsed();
+        // The controllers are still digesting the burst of 20,000 creations (the proxy is done:
+        // every listener is open): sample a few changes now, then again once the runtime is idle.
+        let busy = change_samples(&services, &slices, 0..20, (old_addr, new_addr)).await;
+        let settle = Instant::now();
+        let busy_cpu = settle_workers().await;
         println!("## EndpointSlice change → first connection using it\n");
         println!(
-            "{} Services with one endpoint each created and listening in {:.1} s ({listening} listeners).\n",
+            "{} Services with one endpoint each created and listening in {:.1} s ({listening} listeners). \
+             Right after, while the controllers still digest the burst, {} changes: p50 {:.2} ms, max {:.2} ms. \
+             The runtime workers then used {:.1} s of CPU over {:.1} s before going idle.\n",
             a.services,
-            start.elapsed().as_secs_f64()
+            created.as_secs_f64(),
+            busy.len(),
+            ms(percentile(&sorted(busy.iter().map(|d| d.0)), 0.5)),
+            ms(sorted(busy.iter().map(|d| d.0)).last().copied().unwrap_or_default()),
+            busy_cpu.as_secs_f64(),
+            settle.elapsed().as_secs_f64(),
         );
-        let target = services.get("s0").await.expect("get");
-        let addr = SocketAddr::new(cluster_ip(&target), 80);
-        let mut samples = Vec::new();
-        for round in 0..200 {
-            let (to, name) = if round % 2 == 0 { (new_addr, "new") } else { (old_addr, "old") };
-            let mut s = slices.get("s0-1").await.expect("slice");
-            let resource_version = s.resource_version();
-            s = slice("s0", to);
-            s.metadata.resource_version = resource_version;
-            let t = Instant::now();
-            slices.replace("s0-1", &PostParams::default(), &s).await.expect("replace");
-            loop {
-                if let Ok(stream) = TcpStream::connect(addr).await {
-                    let mut line = String::new();
-                    let _ = BufReader::new(stream).read_line(&mut line).await;
-                    if line.trim() == name {
-                        break;
-                    }
-                }
-                assert!(t.elapsed() < Duration::from_secs(10), "the change never applied");
-            }
-            samples.push(t.elapsed());
-        }
+        let mut detail = change_samples(&services, &slices, 20..220, (old_addr, new_addr)).await;
+        let mut samples: Vec<Duration> = detail.iter().map(|d| d.0).collect();
         samples.sort();
-        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        detail.sort();
         println!("| samples | p50 ms | p90 ms | p99 ms | max ms | goal |\n|---:|---:|---:|---:|---:|---|");
         println!(
             "| {} | {:.2} | {:.2} | {:.2} | {:.2} | p99 < 10 ms |\n",
@@ -374,6 +493,18 @@ async fn main() {
             ms(percentile(&samples, 0.9)),
             ms(percentile(&samples, 0.99)),
             ms(samples[samples.len() - 1])
+        );
+        println!(
+            "Slowest samples: round, total ms, of which the API write (until acknowledged) ms, connections tried:\n"
+        );
+        for (total, written, round, tries) in detail.iter().rev().take(5) {
+            println!("- round {round}: {:.2} ms, write {:.2} ms, {tries} tries", ms(*total), ms(*written));
+        }
+        let writes = sorted(detail.iter().map(|d| d.1));
+        println!(
+            "\nThe API write alone: p50 {:.2} ms, p99 {:.2} ms.\n",
+            ms(percentile(&writes, 0.5)),
+            ms(percentile(&writes, 0.99))
         );
     }
     println!("(load after: {})", load());
