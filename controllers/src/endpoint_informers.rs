@@ -8,6 +8,7 @@
 //! after a write sees it even before the watch delivers it; a watch event older than the cached
 //! object is then ignored.
 
+use crate::pod_selection::SERVICE_NAME_LABEL;
 pub use crate::workqueue::WorkQueue;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Endpoints, Event, Node, ObjectReference, Pod, Service};
@@ -16,7 +17,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -32,12 +33,60 @@ type Handler<K> = Box<dyn Fn(Option<&K>, Option<&K>) + Send + Sync>;
 
 /// Objects of one kind by namespace and name, kept by a watch.
 pub struct Cache<K> {
-    objects: RwLock<HashMap<String, HashMap<String, Arc<K>>>>,
+    objects: RwLock<Objects<K>>,
+    /// The label [`Cache::labelled`] finds objects by without a scan, if any.
+    index_label: Option<&'static str>,
     /// Objects this process deleted, with their last resourceVersion, until the watch says so:
     /// an older event still in flight must not bring them back.
     tombstones: Mutex<HashMap<Key, ObjectMeta>>,
     handlers: RwLock<Vec<Handler<K>>>,
     ready: tokio::sync::watch::Sender<bool>,
+}
+
+/// A cache's objects, and its label index.
+struct Objects<K> {
+    by_namespace: HashMap<String, HashMap<String, Arc<K>>>,
+    /// Names by namespace and index label value.
+    by_label: HashMap<(String, String), BTreeSet<String>>,
+}
+
+impl<K: kube::Resource> Objects<K> {
+    fn label_key(label: Option<&str>, obj: &K) -> Option<(String, String)> {
+        let value = obj.meta().labels.as_ref()?.get(label?)?;
+        Some((obj.meta().namespace.clone().unwrap_or_default(), value.clone()))
+    }
+
+    /// Stores `obj` under its key; returns the object it replaced.
+    fn insert(&mut self, label: Option<&str>, obj: Arc<K>) -> Option<Arc<K>> {
+        let (ns, name) = key_of(obj.meta());
+        if let Some(key) = Self::label_key(label, &obj) {
+            self.by_label.entry(key).or_default().insert(name.clone());
+        }
+        let old = self.by_namespace.entry(ns).or_default().insert(name, obj.clone());
+        if let Some(old_key) = old.as_deref().and_then(|o| Self::label_key(label, o))
+            && Self::label_key(label, &obj).as_ref() != Some(&old_key)
+        {
+            self.unindex(old_key, obj.meta().name.as_deref().unwrap_or_default());
+        }
+        old
+    }
+
+    fn remove(&mut self, label: Option<&str>, namespace: &str, name: &str) -> Option<Arc<K>> {
+        let old = self.by_namespace.get_mut(namespace)?.remove(name)?;
+        if let Some(key) = Self::label_key(label, &old) {
+            self.unindex(key, name);
+        }
+        Some(old)
+    }
+
+    fn unindex(&mut self, key: (String, String), name: &str) {
+        if let Some(names) = self.by_label.get_mut(&key) {
+            names.remove(name);
+            if names.is_empty() {
+                self.by_label.remove(&key);
+            }
+        }
+    }
 }
 
 /// Whether `new` is a later version than `old`. resourceVersions are opaque, but every API
@@ -55,8 +104,18 @@ where
     K: kube::Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
 {
     pub fn new() -> Arc<Self> {
+        Self::build(None)
+    }
+
+    /// A cache that also finds its objects by the value of `label` ([`Cache::labelled`]).
+    pub fn indexed_by(label: &'static str) -> Arc<Self> {
+        Self::build(Some(label))
+    }
+
+    fn build(index_label: Option<&'static str>) -> Arc<Self> {
         Arc::new(Self {
-            objects: RwLock::new(HashMap::new()),
+            objects: RwLock::new(Objects { by_namespace: HashMap::new(), by_label: HashMap::new() }),
+            index_label,
             tombstones: Mutex::new(HashMap::new()),
             handlers: RwLock::new(Vec::new()),
             ready: tokio::sync::watch::channel(false).0,
@@ -69,29 +128,40 @@ where
     }
 
     pub fn get(&self, namespace: &str, name: &str) -> Option<Arc<K>> {
-        self.read().get(namespace)?.get(name).cloned()
+        self.read().by_namespace.get(namespace)?.get(name).cloned()
     }
 
     /// Every object of a namespace.
     pub fn namespace(&self, namespace: &str) -> Vec<Arc<K>> {
-        self.read().get(namespace).map(|m| m.values().cloned().collect()).unwrap_or_default()
+        self.read().by_namespace.get(namespace).map(|m| m.values().cloned().collect()).unwrap_or_default()
     }
 
     /// The objects of a namespace that `keep` accepts.
     pub fn filter(&self, namespace: &str, keep: impl Fn(&K) -> bool) -> Vec<Arc<K>> {
-        self.read().get(namespace).map(|m| m.values().filter(|o| keep(o)).cloned().collect()).unwrap_or_default()
+        let objects = self.read();
+        let in_namespace = objects.by_namespace.get(namespace);
+        in_namespace.map(|m| m.values().filter(|o| keep(o)).cloned().collect()).unwrap_or_default()
+    }
+
+    /// The objects of a namespace whose index label has `value` (a Service's EndpointSlices),
+    /// without looking at the others. Empty for a cache without an index.
+    pub fn labelled(&self, namespace: &str, value: &str) -> Vec<Arc<K>> {
+        let objects = self.read();
+        let Some(names) = objects.by_label.get(&(namespace.to_string(), value.to_string())) else { return Vec::new() };
+        let in_namespace = objects.by_namespace.get(namespace);
+        names.iter().filter_map(|n| in_namespace?.get(n).cloned()).collect()
     }
 
     /// Every object.
     pub fn all(&self) -> Vec<Arc<K>> {
-        self.read().values().flat_map(|m| m.values().cloned()).collect()
+        self.read().by_namespace.values().flat_map(|m| m.values().cloned()).collect()
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, HashMap<String, Arc<K>>>> {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Objects<K>> {
         self.objects.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, HashMap<String, Arc<K>>>> {
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Objects<K>> {
         self.objects.write().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -100,15 +170,15 @@ where
         let (ns, name) = key_of(obj.meta());
         self.tombstones().remove(&(ns.clone(), name.clone()));
         let mut objects = self.write();
-        let slot = objects.entry(ns).or_default();
-        if slot.get(&name).is_none_or(|old| is_newer(obj.meta(), old.meta())) {
-            slot.insert(name, Arc::new(obj));
+        let current = objects.by_namespace.get(&ns).and_then(|m| m.get(&name));
+        if current.is_none_or(|old| is_newer(obj.meta(), old.meta())) {
+            objects.insert(self.index_label, Arc::new(obj));
         }
     }
 
     /// Drops an object this process just deleted.
     pub fn forget(&self, namespace: &str, name: &str) {
-        let gone = self.write().get_mut(namespace).and_then(|m| m.remove(name));
+        let gone = self.write().remove(self.index_label, namespace, name);
         if let Some(gone) = gone {
             self.tombstones().insert((namespace.to_string(), name.to_string()), gone.meta().clone());
         }
@@ -145,10 +215,9 @@ where
         let obj = Arc::new(obj);
         let old = {
             let mut objects = self.write();
-            let slot = objects.entry(ns).or_default();
-            match slot.get(&name) {
+            match objects.by_namespace.get(&ns).and_then(|m| m.get(&name)) {
                 Some(old) if !is_newer(obj.meta(), old.meta()) => return,
-                _ => slot.insert(name, obj.clone()),
+                _ => objects.insert(self.index_label, obj.clone()),
             }
         };
         self.notify(old.as_deref(), Some(&obj));
@@ -157,7 +226,7 @@ where
     fn delete(&self, obj: &K) {
         let (ns, name) = key_of(obj.meta());
         self.tombstones().remove(&(ns.clone(), name.clone()));
-        let old = self.write().get_mut(&ns).and_then(|m| m.remove(&name));
+        let old = self.write().remove(self.index_label, &ns, &name);
         // Unknown: already forgotten after this process deleted it.
         if let Some(old) = old {
             self.notify(Some(&old), None);
@@ -173,6 +242,7 @@ where
         }
         let gone: Vec<Arc<K>> = self
             .read()
+            .by_namespace
             .iter()
             .flat_map(|(ns, m)| m.iter().filter(|(n, _)| !seen.contains(&(ns.clone(), (*n).clone()))))
             .map(|(_, o)| o.clone())
@@ -221,7 +291,7 @@ impl Informers {
             pods: Cache::new(),
             services: Cache::new(),
             nodes: Cache::new(),
-            slices: Cache::new(),
+            slices: Cache::indexed_by(SERVICE_NAME_LABEL),
             endpoints: Cache::new(),
         }
     }
@@ -427,5 +497,53 @@ mod tests {
         assert!(!is_newer(&m("9"), &m("10")));
         assert!(!is_newer(&m("9"), &m("9")));
         assert!(is_newer(&m("b"), &m("a")));
+    }
+
+    fn slice(ns: &str, name: &str, service: Option<&str>, rv: u64) -> EndpointSlice {
+        let mut s = EndpointSlice { address_type: "IPv4".into(), ..Default::default() };
+        s.metadata = ObjectMeta {
+            namespace: Some(ns.into()),
+            name: Some(name.into()),
+            resource_version: Some(rv.to_string()),
+            labels: service.map(|v| [(SERVICE_NAME_LABEL.to_string(), v.to_string())].into()),
+            ..Default::default()
+        };
+        s
+    }
+
+    fn names(found: Vec<Arc<EndpointSlice>>) -> Vec<String> {
+        let mut n: Vec<String> = found.iter().filter_map(|s| s.metadata.name.clone()).collect();
+        n.sort();
+        n
+    }
+
+    #[test]
+    fn the_label_index_follows_adds_relabels_deletes_and_relists() {
+        let cache = Cache::<EndpointSlice>::indexed_by(SERVICE_NAME_LABEL);
+        cache.apply(slice("a", "web-1", Some("web"), 1));
+        cache.apply(slice("a", "web-2", Some("web"), 2));
+        cache.apply(slice("b", "web-3", Some("web"), 3));
+        cache.write_through(slice("a", "db-1", Some("db"), 4));
+        cache.apply(slice("a", "plain", None, 5));
+        assert_eq!(names(cache.labelled("a", "web")), ["web-1", "web-2"]);
+        assert_eq!(names(cache.labelled("b", "web")), ["web-3"]);
+        assert_eq!(names(cache.labelled("a", "db")), ["db-1"]);
+
+        // Relabelled: found under the new value only; an older event changes nothing.
+        cache.apply(slice("a", "web-2", Some("db"), 6));
+        cache.apply(slice("a", "web-2", Some("web"), 2));
+        assert_eq!(names(cache.labelled("a", "web")), ["web-1"]);
+        assert_eq!(names(cache.labelled("a", "db")), ["db-1", "web-2"]);
+
+        cache.delete(&slice("a", "web-1", Some("web"), 7));
+        cache.forget("a", "db-1");
+        assert!(cache.labelled("a", "web").is_empty());
+        assert_eq!(names(cache.labelled("a", "db")), ["web-2"]);
+
+        // A relist that no longer shows web-2 drops it from the index too.
+        cache.replace(vec![slice("b", "web-3", Some("web"), 3), slice("a", "plain", None, 5)]);
+        assert!(cache.labelled("a", "db").is_empty());
+        assert_eq!(names(cache.labelled("b", "web")), ["web-3"]);
+        assert!(Cache::<EndpointSlice>::new().labelled("b", "web").is_empty(), "no index, nothing found");
     }
 }

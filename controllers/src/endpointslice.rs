@@ -120,11 +120,10 @@ impl EndpointSliceController {
         let pods = self.informers.pods.filter(&ns, |p| selector_matches(selector, p.metadata.labels.as_ref()));
         let trigger =
             self.tracker.lock().unwrap_or_else(|e| e.into_inner()).compute(&service, pods.iter().map(|p| &**p));
-        let existing = self.informers.slices.filter(&ns, |s| {
-            let labels = s.metadata.labels.as_ref();
-            labels.and_then(|l| l.get(SERVICE_NAME_LABEL)) == Some(&name)
-                && labels.and_then(|l| l.get(MANAGED_BY_LABEL)).map(String::as_str) == Some(CONTROLLER_NAME)
-                && s.metadata.deletion_timestamp.is_none()
+        let mut existing = self.informers.slices.labelled(&ns, &name);
+        existing.retain(|s| {
+            let managed_by = s.metadata.labels.as_ref().and_then(|l| l.get(MANAGED_BY_LABEL));
+            managed_by.map(String::as_str) == Some(CONTROLLER_NAME) && s.metadata.deletion_timestamp.is_none()
         });
         let nodes = &self.informers.nodes;
         let zone_of = |node: &str| {

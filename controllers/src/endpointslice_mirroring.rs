@@ -103,10 +103,8 @@ impl MirroringController {
     }
 
     async fn sync(&self, (ns, name): Key) -> Result<(), SyncFailure> {
-        let existing: Vec<Arc<EndpointSlice>> = self
-            .informers
-            .slices
-            .filter(&ns, |s| mirrored_service(s) == Some(name.as_str()) && s.metadata.deletion_timestamp.is_none());
+        let mut existing = self.informers.slices.labelled(&ns, &name);
+        existing.retain(|s| mirrored_service(s) == Some(name.as_str()) && s.metadata.deletion_timestamp.is_none());
         let endpoints = self.informers.endpoints.get(&ns, &name).filter(|e| self.wants_mirror(&ns, &name, e));
         let Some(endpoints) = endpoints else {
             let plan = Plan { delete: existing.iter().map(|s| (**s).clone()).collect(), ..Default::default() };
