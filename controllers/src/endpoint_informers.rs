@@ -383,6 +383,9 @@ pub async fn run_workers<F, Fut, E>(
                     }
                 }
                 queue.done(&key);
+                // A sync that finds everything in its caches never awaits; without this, a
+                // burst of such keys would hold a worker thread of the shared runtime.
+                tokio::task::yield_now().await;
             }
         });
     }
