@@ -204,6 +204,13 @@ impl Server {
         token.map(|t| t.expose_secret().to_string()).expect("the kubeconfig has no token")
     }
 
+    /// An HTTPS client builder that trusts only this server's CA (the token is the caller's to
+    /// send), for raw requests kube-rs would refuse to make.
+    pub fn https_client(&self) -> reqwest::ClientBuilder {
+        let ca = reqwest::Certificate::from_pem(&self.ca_pem()).expect("the kubeconfig's CA is PEM");
+        reqwest::Client::builder().use_rustls_tls().tls_built_in_root_certs(false).add_root_certificate(ca).no_proxy()
+    }
+
     /// The cluster CA certificate (PEM) from the kubeconfig.
     pub fn ca_pem(&self) -> Vec<u8> {
         use base64::Engine as _;

@@ -17,14 +17,7 @@ struct Raw {
 impl Raw {
     fn start() -> Self {
         let server = Server::start_ephemeral();
-        let ca = reqwest::Certificate::from_pem(&server.ca_pem()).expect("CA from the kubeconfig");
-        let http = reqwest::Client::builder()
-            .use_rustls_tls()
-            .tls_built_in_root_certs(false)
-            .add_root_certificate(ca)
-            .no_proxy()
-            .build()
-            .unwrap();
+        let http = server.https_client().build().expect("http client");
         let token = server.token();
         Raw { server, http, token }
     }

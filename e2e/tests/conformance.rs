@@ -512,15 +512,7 @@ async fn endpointslice_should_have_endpoints_and_slices_pointing_to_api_server()
     assert_eq!(names, [Some("https".to_string())]);
 
     // And traffic to the ClusterIP reaches it: HTTPS (the serving certificate names the ClusterIP).
-    let ca = reqwest::Certificate::from_pem(&fx.server.ca_pem()).expect("CA");
-    let http = reqwest::Client::builder()
-        .use_rustls_tls()
-        .tls_built_in_root_certs(false)
-        .add_root_certificate(ca)
-        .no_proxy()
-        .timeout(ATTEMPT)
-        .build()
-        .expect("http client");
+    let http = fx.server.https_client().timeout(ATTEMPT).build().expect("http client");
     let want = fx.client.apiserver_version().await.expect("/version").git_version;
     let url = format!("https://{}:443/version", cluster_ip(&svc));
     let (http, url) = (&http, &url);

@@ -250,14 +250,7 @@ async fn kube_rs_patch_apply() {
 
 /// A raw HTTPS client for requests kube-rs would refuse to send.
 async fn raw(server: &Server, method: Method, path: &str, content_type: &str, body: &str) -> (u16, Value) {
-    let ca = reqwest::Certificate::from_pem(&server.ca_pem()).expect("CA");
-    let http = reqwest::Client::builder()
-        .use_rustls_tls()
-        .tls_built_in_root_certs(false)
-        .add_root_certificate(ca)
-        .no_proxy()
-        .build()
-        .unwrap();
+    let http = server.https_client().build().expect("http client");
     let resp = http
         .request(method, format!("{}{path}", server.url()))
         .bearer_auth(server.token())
