@@ -285,23 +285,7 @@ fn compare_value(
         _ => {}
     }
     match shape {
-        Shape::Struct(node) => {
-            let empty = Map::new();
-            let o = old.and_then(Value::as_object).unwrap_or(&empty);
-            let n = new.and_then(Value::as_object).unwrap_or(&empty);
-            for (k, ov) in o {
-                path.push(PathElement::Field(k.clone()));
-                compare_value(Some(ov), n.get(k), node.field(k, ov), path, c);
-                path.pop();
-            }
-            for (k, nv) in n {
-                if !o.contains_key(k) {
-                    path.push(PathElement::Field(k.clone()));
-                    compare_value(None, Some(nv), node.field(k, nv), path, c);
-                    path.pop();
-                }
-            }
-        }
+        Shape::Struct(node) => compare_fields(old, new, node, path, c),
         Shape::ListMap(keys, node) => {
             let o = old.and_then(Value::as_array).map(|a| live_keys(a, keys)).unwrap_or_default();
             let n = new.and_then(Value::as_array).map(|a| live_keys(a, keys)).unwrap_or_default();
@@ -350,6 +334,17 @@ fn compare_item(
         (Some(_), None) => c.removed.insert(path),
         _ => {}
     }
+    compare_fields(old, new, node, path, c);
+}
+
+/// The fields of two versions of a struct (either may be absent), compared one by one.
+fn compare_fields(
+    old: Option<&Value>,
+    new: Option<&Value>,
+    node: &'static Node,
+    path: &mut Vec<PathElement>,
+    c: &mut Comparison,
+) {
     let empty = Map::new();
     let o = old.and_then(Value::as_object).unwrap_or(&empty);
     let n = new.and_then(Value::as_object).unwrap_or(&empty);
