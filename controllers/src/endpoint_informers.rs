@@ -59,14 +59,15 @@ impl<K: kube::Resource> Objects<K> {
     /// Stores `obj` under its key; returns the object it replaced.
     fn insert(&mut self, label: Option<&str>, obj: Arc<K>) -> Option<Arc<K>> {
         let (ns, name) = key_of(obj.meta());
-        if let Some(key) = Self::label_key(label, &obj) {
+        let new_key = Self::label_key(label, &obj);
+        if let Some(key) = new_key.clone() {
             self.by_label.entry(key).or_default().insert(name.clone());
         }
-        let old = self.by_namespace.entry(ns).or_default().insert(name, obj.clone());
+        let old = self.by_namespace.entry(ns).or_default().insert(name.clone(), obj);
         if let Some(old_key) = old.as_deref().and_then(|o| Self::label_key(label, o))
-            && Self::label_key(label, &obj).as_ref() != Some(&old_key)
+            && new_key.as_ref() != Some(&old_key)
         {
-            self.unindex(old_key, obj.meta().name.as_deref().unwrap_or_default());
+            self.unindex(old_key, &name);
         }
         old
     }
