@@ -236,6 +236,27 @@ pub(crate) fn service_routes(
     node: Node<'_>,
     topo: Topology<'_>,
 ) -> Vec<(Listen, RouteSpec)> {
+    routes(service, slices, node, topo, false)
+}
+
+/// Every address and port `service` answers on once it has endpoints, whatever they are now
+/// (the nftables mode rejects on the ones without endpoints).
+pub(crate) fn service_listens(service: &Service, node: Node<'_>) -> Vec<Listen> {
+    let topo = Topology { node_name: node.name, zone: node.zone };
+    let mut listens: Vec<Listen> = routes(service, &[], node, topo, true).into_iter().map(|(l, _)| l).collect();
+    listens.sort();
+    listens.dedup();
+    listens
+}
+
+/// The routes of `service`; with `keep_empty`, also the listeners no endpoint serves yet.
+fn routes(
+    service: &Service,
+    slices: &[&EndpointSlice],
+    node: Node<'_>,
+    topo: Topology<'_>,
+    keep_empty: bool,
+) -> Vec<(Listen, RouteSpec)> {
     let Some(spec) = &service.spec else { return Vec::new() };
     if service.metadata.labels.as_ref().is_some_and(|l| l.contains_key(PROXY_NAME_LABEL)) {
         return Vec::new();
@@ -310,7 +331,7 @@ pub(crate) fn service_routes(
                 Class::External => etp_local,
             };
             let mut endpoints = if local { sets.local } else { sets.cluster };
-            if endpoints.is_empty() {
+            if endpoints.is_empty() && !keep_empty {
                 return;
             }
             endpoints.sort();

@@ -14,10 +14,8 @@ pub(crate) mod render;
 
 use crate::ProxyConfig;
 use crate::desired::{self, Listen, Node};
-use crate::endpoints::SERVICE_NAME_LABEL;
 use crate::incremental::{Flushed, Incremental, Key};
 use k8s_openapi::api::core::v1::Service;
-use k8s_openapi::api::discovery::v1::{Endpoint, EndpointPort, EndpointSlice};
 use model::Model;
 use nft::{Nft, NftError};
 use render::Id;
@@ -131,7 +129,7 @@ impl Nftables {
         let mut again: BTreeSet<Listen> = flushed.changes.iter().map(|(l, _)| *l).collect();
         let node = Node { name: &self.node_name, zone: None, ips: &self.node_ips };
         for key in &flushed.services {
-            let new = incremental.service(key).map(|s| claimed_listens(s, node)).unwrap_or_default();
+            let new = incremental.service(key).map(|s| desired::service_listens(s, node)).unwrap_or_default();
             for listen in self.claimed.remove(key).unwrap_or_default() {
                 if let Some(n) = self.claims.get_mut(&listen) {
                     *n -= 1;
@@ -194,46 +192,6 @@ fn kernel_at_least(major: u32, minor: u32) -> bool {
 
 fn external_policy_local(service: &Service) -> bool {
     service.spec.as_ref().and_then(|s| s.external_traffic_policy.as_deref()) == Some("Local")
-}
-
-/// Every listener `service` has when it has endpoints: `desired` asked about a made-up ready,
-/// local endpoint of each family on each port, so the addresses are the ones routes use (one
-/// place decides them), whatever the real endpoints are.
-fn claimed_listens(service: &Service, node: Node<'_>) -> Vec<Listen> {
-    let name = service.metadata.name.clone().unwrap_or_default();
-    let ports: Vec<EndpointPort> = service
-        .spec
-        .iter()
-        .flat_map(|s| s.ports.iter().flatten())
-        .map(|p| EndpointPort {
-            name: Some(p.name.clone().unwrap_or_default()),
-            port: Some(1),
-            protocol: p.protocol.clone(),
-            ..Default::default()
-        })
-        .collect();
-    let slice = |family: &str, address: &str| EndpointSlice {
-        metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
-            name: Some(format!("{name}-{family}")),
-            namespace: service.metadata.namespace.clone(),
-            labels: Some([(SERVICE_NAME_LABEL.to_string(), name.clone())].into()),
-            ..Default::default()
-        },
-        address_type: family.into(),
-        endpoints: vec![Endpoint {
-            addresses: vec![address.into()],
-            node_name: Some(node.name.to_string()),
-            ..Default::default()
-        }],
-        ports: Some(ports.clone()),
-    };
-    let (v4, v6) = (slice("IPv4", "192.0.2.1"), slice("IPv6", "2001:db8::1"));
-    let topo = crate::endpoints::Topology { node_name: node.name, zone: node.zone };
-    let mut listens: Vec<Listen> =
-        desired::service_routes(service, &[&v4, &v6], node, topo).into_iter().map(|(l, _)| l).collect();
-    listens.sort();
-    listens.dedup();
-    listens
 }
 
 #[cfg(test)]

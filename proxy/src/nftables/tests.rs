@@ -50,7 +50,7 @@ fn a_service_claims_all_its_addresses_without_endpoints() {
         ..Default::default()
     });
     let node = Node { name: NODE, zone: None, ips: NODE_IPS };
-    let got: Vec<String> = claimed_listens(&s, node).iter().map(|l| l.to_string()).collect();
+    let got: Vec<String> = desired::service_listens(&s, node).iter().map(|l| l.to_string()).collect();
     // The IPv6 externalIP and node address are another family than the ClusterIP: not claimed.
     assert_eq!(got, ["10.50.0.1:80/TCP", "10.96.0.5:80/TCP", "10.240.0.1:80/TCP", "127.0.0.1:30080/TCP"]);
 }
