@@ -52,14 +52,14 @@ pub(crate) async fn serve(
 }
 
 /// One client connection: connect it to an endpoint and relay, or reset it.
-pub(crate) async fn forward<B>(downstream: TcpStream, client: SocketAddr, balance: B)
+pub(crate) async fn forward<B>(mut downstream: TcpStream, client: SocketAddr, balance: B)
 where
     B: Service<SocketAddr, Response = (SocketAddr, TcpStream)>,
     B::Error: std::fmt::Display,
 {
     let _ = downstream.set_nodelay(true);
     match balance.oneshot(client).await {
-        Ok((endpoint, upstream)) => match crate::relay::relay(&downstream, &upstream).await {
+        Ok((endpoint, mut upstream)) => match crate::relay::relay(&mut downstream, &mut upstream).await {
             Ok((sent, received)) => tracing::debug!(%endpoint, sent, received, "connection done"),
             Err(e) => tracing::debug!(%endpoint, error = %e, "connection ended"),
         },

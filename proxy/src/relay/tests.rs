@@ -53,9 +53,9 @@ async fn relay_to() -> (SocketAddr, TcpListener, JoinHandle<io::Result<Moved>>) 
     let back = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let (front_addr, back_addr) = (front.local_addr().expect("addr"), back.local_addr().expect("addr"));
     let task = tokio::spawn(async move {
-        let (client, _) = front.accept().await?;
-        let backend = TcpStream::connect(back_addr).await?;
-        relay(&client, &backend).await
+        let (mut client, _) = front.accept().await?;
+        let mut backend = TcpStream::connect(back_addr).await?;
+        relay(&mut client, &mut backend).await
     });
     (front_addr, back, task)
 }
@@ -219,10 +219,10 @@ fn relay_cost() {
                 rt.block_on(async move {
                     front.set_nonblocking(true).expect("nonblocking");
                     let front = TcpListener::from_std(front).expect("listener");
-                    let (client, _) = front.accept().await.expect("accept");
-                    let backend = TcpStream::connect(sink_addr).await.expect("connect");
+                    let (mut client, _) = front.accept().await.expect("accept");
+                    let mut backend = TcpStream::connect(sink_addr).await.expect("connect");
                     let start = thread_cpu();
-                    relay_with(&client, &backend, mode == "splice").await.expect("relay");
+                    relay_with(&mut client, &mut backend, mode == "splice").await.expect("relay");
                     thread_cpu() - start
                 })
             })
