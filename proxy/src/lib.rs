@@ -10,7 +10,8 @@
 //! Layers, from the outside in:
 //! - `sync`: reflectors and the diff-apply loop;
 //! - [`desired`] and [`endpoints`]: pure functions from API objects to listeners and endpoints;
-//! - `listener`, `tcp` (+ `relay`: buffer, then splice(2) on Linux), `udp`: sockets and relaying;
+//! - `listener`, `tcp` (+ `relay`: buffer, then splice(2) on Linux), `udp`: sockets and relaying,
+//!   on the data path's threads (`runtime`: one per core, a connection stays on its thread);
 //! - [`balance`] (a tower layer: endpoint order, fallback, affinity) over [`connect`].
 //!
 //! ```no_run
@@ -32,6 +33,7 @@ pub mod incremental;
 mod listener;
 mod nftables;
 mod relay;
+mod runtime;
 mod sync;
 mod tcp;
 mod udp;
@@ -39,6 +41,7 @@ mod udp;
 pub use desired::{Listen, ServicePortName};
 pub use endpoints::Protocol;
 
+use runtime::ProxyRuntime;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::{Arc, Mutex};
@@ -172,41 +175,6 @@ impl Drop for ProxyHandle {
     }
 }
 
-/// The proxy's own runtime (threads `kplane-proxy`): the watches, the sync loop, listeners and
-/// relays run there, so a control-plane task that holds a worker of the embedding runtime for a
-/// while (a controller digesting a burst) does not hold up Service traffic or route changes; the
-/// OS shares the CPUs between the two preemptively, as between kube-proxy and other processes.
-struct ProxyRuntime(Option<tokio::runtime::Runtime>);
-
-impl ProxyRuntime {
-    fn new() -> Result<Self, ProxyError> {
-        let workers = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 8);
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(workers)
-            .thread_name("kplane-proxy")
-            .enable_all()
-            .build()
-            .map_err(ProxyError::Runtime)?;
-        Ok(Self(Some(runtime)))
-    }
-
-    fn handle(&self) -> &tokio::runtime::Handle {
-        match &self.0 {
-            Some(rt) => rt.handle(),
-            None => unreachable!("the runtime is only taken on drop"),
-        }
-    }
-}
-
-impl Drop for ProxyRuntime {
-    /// Without waiting for its tasks: a runtime may be dropped from async code only this way.
-    fn drop(&mut self) {
-        if let Some(rt) = self.0.take() {
-            rt.shutdown_background();
-        }
-    }
-}
-
 impl ProxyHandle {
     /// Waits until the first complete view of Services and EndpointSlices has been applied.
     pub async fn wait_synced(&self) {
@@ -244,6 +212,7 @@ pub async fn run(client: kube::Client, config: ProxyConfig) -> Result<ProxyHandl
         shutdown: shutdown_rx,
         status: status.clone(),
         events: Some(events::Events::new(client.clone(), &config.node_name)),
+        data: runtime.data().clone(),
     };
     let (synced_tx, synced_rx) = watch::channel(false);
     let health = Arc::new(health::ProxyHealth::default());

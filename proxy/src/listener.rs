@@ -1,12 +1,13 @@
 //! One listener's life: bind its address (retrying with backoff while another program holds it,
-//! logging once), then serve TCP or UDP until the sync loop drops it. A failure here concerns
-//! this listener only.
+//! logging once), then serve TCP or UDP on the data path until the sync loop drops it. A failure
+//! here concerns this listener only.
 
 use crate::balance::Route;
 use crate::connect::TcpConnect;
 use crate::desired::{Listen, ServicePortName};
 use crate::endpoints::Protocol;
 use crate::events::Events;
+use crate::runtime::DataPath;
 use crate::udp::{self, UdpSettings};
 use crate::{ListenerState, ListenerStatus};
 use std::collections::BTreeMap;
@@ -14,7 +15,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::net::{TcpListener, TcpSocket, UdpSocket};
+use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::watch;
 use tracing::Instrument;
 
@@ -37,6 +38,8 @@ pub(crate) struct Shared {
     pub status: Arc<Mutex<BTreeMap<Listen, ListenerStatus>>>,
     /// Where a lasting failure to listen is reported (an Event on the Service).
     pub events: Option<Events>,
+    /// The threads that accept and relay.
+    pub data: DataPath,
 }
 
 /// A running listener; dropping it closes the socket (open TCP connections carry on).
@@ -77,9 +80,21 @@ fn set_status(status: &Mutex<BTreeMap<Listen, ListenerStatus>>, listen: Listen, 
     }
 }
 
+/// Bound sockets, not yet registered with a runtime: each is registered on the data thread that
+/// serves it.
 enum Bound {
-    Tcp(TcpListener),
-    Udp(UdpSocket),
+    /// One per data thread, sharing the address (`SO_REUSEPORT`).
+    Tcp(Vec<std::net::TcpListener>),
+    Udp(std::net::UdpSocket),
+}
+
+/// Aborts a task when dropped: the serving tasks on the data threads end with the listener.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 async fn run(listen: Listen, service: ServicePortName, route: watch::Receiver<Arc<Route>>, shared: Shared) {
@@ -87,7 +102,7 @@ async fn run(listen: Listen, service: ServicePortName, route: watch::Receiver<Ar
     let mut failures = 0u32;
     let mut warned = false;
     let bound = loop {
-        match bind(listen).await {
+        match bind(listen, shared.data.threads().len()) {
             Ok(b) => break b,
             Err(e) => {
                 failures += 1;
@@ -116,25 +131,98 @@ async fn run(listen: Listen, service: ServicePortName, route: watch::Receiver<Ar
         tracing::debug!("listening");
     }
     set_status(&shared.status, listen, ListenerState::Listening);
-    match bound {
-        Bound::Tcp(l) => crate::tcp::serve(l, listen, route, shared.connect, shared.shutdown).await,
-        Bound::Udp(s) => udp::serve(s, listen, route, shared.udp).await,
+    let mut serving: Vec<AbortOnDrop> = match bound {
+        Bound::Tcp(sockets) => sockets
+            .into_iter()
+            .zip(shared.data.threads())
+            .map(|(socket, thread)| {
+                let (route, connect, shutdown) = (route.clone(), shared.connect, shared.shutdown.clone());
+                let serve = async move {
+                    match TcpListener::from_std(socket) {
+                        Ok(l) => crate::tcp::serve(l, listen, route, connect, shutdown).await,
+                        Err(e) => tracing::error!(error = %e, "cannot serve the listening socket"),
+                    }
+                };
+                AbortOnDrop(thread.spawn(serve.in_current_span()))
+            })
+            .collect(),
+        Bound::Udp(socket) => {
+            let serve = async move {
+                match UdpSocket::from_std(socket) {
+                    Ok(s) => udp::serve(s, listen, route, shared.udp).await,
+                    Err(e) => tracing::error!(error = %e, "cannot serve the socket"),
+                }
+            };
+            vec![AbortOnDrop(shared.data.one().spawn(serve.in_current_span()))]
+        }
+    };
+    // Serving ends only when this task is dropped, which drops `serving` and so stops it.
+    futures::future::join_all(serving.iter_mut().map(|t| &mut t.0)).await;
+}
+
+/// Binds `listen`: for TCP, `threads` sockets on Linux (where `SO_REUSEPORT` spreads connections
+/// over them), one elsewhere.
+fn bind(listen: Listen, threads: usize) -> io::Result<Bound> {
+    match listen.protocol {
+        Protocol::Tcp => {
+            let count = if cfg!(target_os = "linux") { threads.max(1) } else { 1 };
+            (0..count).map(|_| tcp_socket(listen.addr, count > 1)).collect::<io::Result<_>>().map(Bound::Tcp)
+        }
+        Protocol::Udp => {
+            let socket = std::net::UdpSocket::bind(listen.addr)?;
+            socket.set_nonblocking(true)?;
+            Ok(Bound::Udp(socket))
+        }
+        Protocol::Sctp => Err(io::Error::new(io::ErrorKind::Unsupported, "SCTP is not proxied")),
     }
 }
 
-async fn bind(listen: Listen) -> io::Result<Bound> {
-    match listen.protocol {
-        Protocol::Tcp => {
-            let socket = match listen.addr {
-                SocketAddr::V4(_) => TcpSocket::new_v4()?,
-                SocketAddr::V6(_) => TcpSocket::new_v6()?,
-            };
-            // Rebinding right after a close must not wait out TIME_WAIT.
-            socket.set_reuseaddr(true)?;
-            socket.bind(listen.addr)?;
-            Ok(Bound::Tcp(socket.listen(BACKLOG)?))
-        }
-        Protocol::Udp => Ok(Bound::Udp(UdpSocket::bind(listen.addr).await?)),
-        Protocol::Sctp => Err(io::Error::new(io::ErrorKind::Unsupported, "SCTP is not proxied")),
+/// A non-blocking listening socket on `addr`. With `shared`, further sockets of this process's
+/// user may bind the same address; a program holding it without `SO_REUSEPORT` still makes the
+/// bind fail, so conflicts are seen as before.
+fn tcp_socket(addr: SocketAddr, shared: bool) -> io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_nonblocking(true)?;
+    // Rebinding right after a close must not wait out TIME_WAIT.
+    socket.set_reuse_address(true)?;
+    #[cfg(target_os = "linux")]
+    if shared {
+        socket.set_reuse_port(true)?;
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = shared;
+    socket.bind(&addr.into())?;
+    socket.listen(BACKLOG as i32)?;
+    Ok(socket.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tcp(addr: SocketAddr) -> Listen {
+        Listen { addr, protocol: Protocol::Tcp }
+    }
+
+    /// A socket per data thread shares the address; another program's socket on it (without
+    /// `SO_REUSEPORT`) still makes the bind fail, so conflicts are seen.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_socket_per_thread_and_conflicts_still_seen() {
+        let Ok(Bound::Tcp(sockets)) = bind(tcp("127.0.0.1:0".parse().expect("addr")), 1) else { panic!("bound") };
+        let addr = sockets[0].local_addr().expect("addr");
+        drop(sockets);
+        let Ok(Bound::Tcp(sockets)) = bind(tcp(addr), 3) else { panic!("three sockets on {addr}") };
+        assert_eq!(sockets.len(), 3);
+        assert!(sockets.iter().all(|s| s.local_addr().ok() == Some(addr)));
+        let err = std::net::TcpListener::bind(addr).expect_err("the address is the proxy's");
+        assert_eq!(err.kind(), io::ErrorKind::AddrInUse);
+        drop(sockets);
+
+        let other = std::net::TcpListener::bind("127.0.0.1:0").expect("another program");
+        let taken = other.local_addr().expect("addr");
+        let err = bind(tcp(taken), 2).err().expect("taken by another program");
+        assert_eq!(err.kind(), io::ErrorKind::AddrInUse);
     }
 }

@@ -380,6 +380,7 @@ mod tests {
             shutdown,
             status: Default::default(),
             events: None,
+            data: crate::runtime::DataPath::current(),
         };
         let mut applied = Applied::default();
         applied.apply(want(vec![(listen(1), spec("a", &[1], None)), (listen(2), spec("b", &[2], None))]), &shared);

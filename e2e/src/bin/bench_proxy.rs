@@ -270,9 +270,9 @@ fn stat_cpu(stat: &str) -> Duration {
 }
 
 /// The proxy's runtime threads.
-const PROXY_THREADS: &[&str] = &["kplane-proxy"];
+const PROXY_THREADS: &[&str] = &["kplane-proxy", "kplane-proxy-io"];
 /// The runtime threads of the cluster (API server, controllers) and of the proxy.
-const ALL_THREADS: &[&str] = &["kplane-proxy", "tokio-rt-worker"];
+const ALL_THREADS: &[&str] = &["kplane-proxy", "kplane-proxy-io", "tokio-rt-worker"];
 
 /// CPU time of this process's threads named one of `names`.
 fn threads_cpu(names: &[&str]) -> Duration {
