@@ -178,8 +178,15 @@ async fn until_connects(addr: SocketAddr) {
     }
 }
 
-/// `wrk` against `addr`: (requests/s, p99 ms).
-fn wrk(addr: SocketAddr, seconds: u64, close: bool) -> (f64, f64) {
+/// What one `wrk` run measured.
+struct Wrk {
+    rps: f64,
+    p99_ms: f64,
+    requests: u64,
+}
+
+/// `wrk` against `addr`.
+fn wrk(addr: SocketAddr, seconds: u64, close: bool) -> Wrk {
     let mut cmd = Command::new("wrk");
     cmd.args(["-t1", "-c64", &format!("-d{seconds}s"), "--latency"]);
     if close {
@@ -192,8 +199,14 @@ fn wrk(addr: SocketAddr, seconds: u64, close: bool) -> (f64, f64) {
         .find_map(|l| l.strip_prefix("Requests/sec:"))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or_else(|| panic!("no Requests/sec in {text}"));
-    let p99 = text.lines().find_map(|l| l.trim().strip_prefix("99%")).map(|v| parse_wrk_time(v.trim())).unwrap_or(0.0);
-    (rps, p99)
+    let p99_ms =
+        text.lines().find_map(|l| l.trim().strip_prefix("99%")).map(|v| parse_wrk_time(v.trim())).unwrap_or(0.0);
+    // "  123456 requests in 3.00s, 9.42MB read"
+    let requests = text
+        .lines()
+        .find_map(|l| l.split_once(" requests in ").and_then(|(n, _)| n.trim().parse().ok()))
+        .unwrap_or_else(|| panic!("no request count in {text}"));
+    Wrk { rps, p99_ms, requests }
 }
 
 fn parse_wrk_time(v: &str) -> f64 {
@@ -407,27 +420,42 @@ async fn main() {
         spawn_backend(backend, http_hello);
         let (cip, np) = expose(&cluster, "web", direct).await;
         let hap_addr: SocketAddr = "127.0.0.1:18082".parse().expect("addr");
-        let _hap = haproxy(hap_addr, direct, dir.path());
+        let hap = haproxy(hap_addr, direct, dir.path());
         until_connects(hap_addr).await;
         for (title, close) in [("keep-alive, 64 connections", false), ("one connection per request", true)] {
             println!("## HTTP with wrk -t1 -c64 -d{}s, {title} (median of {} rounds)\n", a.seconds, a.rounds);
-            println!("| path | requests/s | p99 ms | vs direct | vs haproxy |\n|---|---:|---:|---:|---:|");
+            println!(
+                "| path | requests/s | p99 ms | vs direct | vs haproxy | forwarder CPU µs per request |\n\
+                 |---|---:|---:|---:|---:|---:|"
+            );
             let paths = [("direct", direct), ("haproxy", hap_addr), ("ClusterIP", cip), ("NodePort", np)];
             // The paths take turns each round, so load from elsewhere falls on all of them.
             let mut rps = vec![Vec::new(); paths.len()];
             let mut p99 = vec![Vec::new(); paths.len()];
+            let mut cpu = vec![Vec::new(); paths.len()];
             for _ in 0..a.rounds {
-                for (i, (_, addr)) in paths.iter().enumerate() {
-                    let (r, p) = wrk(*addr, a.seconds, close);
-                    rps[i].push(r);
-                    p99[i].push(p);
+                for (i, (name, addr)) in paths.iter().enumerate() {
+                    // The forwarder's CPU: haproxy's process, or the proxy's threads.
+                    let forwarder_cpu = || match *name {
+                        "direct" => Duration::ZERO,
+                        "haproxy" => process_cpu(hap.0.id()),
+                        _ => threads_cpu(PROXY_THREADS),
+                    };
+                    let before = forwarder_cpu();
+                    let run = wrk(*addr, a.seconds, close);
+                    let spent = forwarder_cpu() - before;
+                    rps[i].push(run.rps);
+                    p99[i].push(run.p99_ms);
+                    cpu[i].push(spent.as_secs_f64() * 1e6 / run.requests.max(1) as f64);
                 }
             }
             let rps: Vec<f64> = rps.into_iter().map(median).collect();
             let p99: Vec<f64> = p99.into_iter().map(median).collect();
+            let cpu: Vec<f64> = cpu.into_iter().map(median).collect();
             for (i, (name, _)) in paths.iter().enumerate() {
+                let cpu = if i == 0 { "–".to_string() } else { format!("{:.1}", cpu[i]) };
                 println!(
-                    "| {name} | {:.0} | {:.2} | {:.2} | {:.2} |",
+                    "| {name} | {:.0} | {:.2} | {:.2} | {:.2} | {cpu} |",
                     rps[i],
                     p99[i],
                     rps[i] / rps[0],
