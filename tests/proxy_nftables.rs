@@ -456,12 +456,90 @@ fn affinity_external_local_external_ips_and_lb_source_ranges() {
         // Same rules, other range: the firewall drops the node's SYN (a timeout, not a refusal).
         until_names(addr("10.96.0.64", 80), 1, "lb-out's ClusterIP works", |s| *s == names(&["b"])).await;
         let start = Instant::now();
-        while !netns_list_contains("10.200.0.102 . tcp . 80 : goto fw-") {
+        while !netns_list_contains("10.200.0.102 . tcp . 80 . 192.0.2.0/24") {
             assert!(start.elapsed() < DEADLINE, "no firewall for lb-out: {:?}", current_table());
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let dropped = ask(addr("10.200.0.102", 80)).await;
         assert!(dropped.as_ref().is_err_and(|e| e.kind() == ErrorKind::TimedOut), "{dropped:?}");
+    });
+}
+
+/// The chains kplane's table always has; the others are `pick<family>-<protocol>-<n>` chains.
+const FIXED_CHAINS: [&str; 13] = [
+    "reject-chain",
+    "mark-for-masquerade",
+    "services",
+    "endpoints-check",
+    "firewall-check",
+    "masquerading",
+    "filter-prerouting",
+    "filter-input",
+    "filter-forward",
+    "filter-output",
+    "nat-prerouting",
+    "nat-output",
+    "nat-postrouting",
+];
+
+#[test]
+fn services_add_elements_not_chains_and_a_pod_reaching_itself_is_masqueraded() {
+    let Some(netns) = Netns::create("hairpin") else { return };
+    // The pod namespace routes Service addresses through the node, which forwards.
+    // (from pod a's address).
+    let (via, src) = (NODE_IP.to_string(), POD_A.to_string());
+    run(&["ip", "-n", &netns.pod, "route", "add", "10.96.0.0/16", "via", &via, "src", &src]).expect("route");
+    run(&["ip", "netns", "exec", &netns.node, "sysctl", "-qw", "net.ipv4.ip_forward=1"]).expect("forwarding");
+    let backends = netns.backends();
+    let pod = netns.pod.clone();
+    netns.run_in_node(move || async move {
+        serve_backends(backends);
+        let cluster = start_cluster().await;
+        // 40 Services (one or two endpoints each): the table has its fixed chains and one pick
+        // chain per endpoint count, nothing per Service (nft reads every chain before each
+        // transaction, so chains per Service would make every change cost O(Services)).
+        for i in 0..40u8 {
+            let name = format!("many{i}");
+            create_service(&cluster, &name, &format!("10.96.0.{}", 100 + i), None, json!({})).await;
+            let eps: &[(Ipv4Addr, &str)] = if i % 2 == 0 { &[(POD_A, NODE)] } else { &[(POD_A, NODE), (POD_B, NODE)] };
+            set_slice(&cluster, &name, eps).await;
+        }
+        until_names(addr("10.96.0.139", 80), 24, "the last Service spreads", |s| *s == names(&["a", "b"])).await;
+        let table = current_table().expect("the table");
+        let chains: BTreeSet<&str> = table
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("chain ")?.strip_suffix(" {"))
+            .filter(|c| !FIXED_CHAINS.contains(c))
+            .collect();
+        assert_eq!(chains, BTreeSet::from(["pick4-tcp-1", "pick4-tcp-2"]), "{table}");
+
+        // Pod a connects to a Service whose only endpoint is itself: DNATed back to its own
+        // address, the connection only works if the node masquerades it (else pod a sees its own
+        // address as the source and drops the SYN).
+        create_service(&cluster, "self", "10.96.0.80", None, json!({})).await;
+        set_slice(&cluster, "self", &[(POD_A, NODE)]).await;
+        until_names(addr("10.96.0.80", 80), 1, "the node reaches it", |s| *s == names(&["a"])).await;
+        let from_pod = move || {
+            let pod = pod.clone();
+            tokio::task::spawn_blocking(move || {
+                Netns::within(&pod, || {
+                    let client = std::net::TcpStream::connect_timeout(&addr("10.96.0.80", 80), ATTEMPT)?;
+                    let mut line = String::new();
+                    let mut conn = BufReader::new(client);
+                    conn.get_ref().set_read_timeout(Some(ATTEMPT))?;
+                    conn.read_line(&mut line)?;
+                    Ok::<_, std::io::Error>(line.trim().to_string())
+                })
+            })
+        };
+        let start = Instant::now();
+        loop {
+            match from_pod().await.expect("the client thread") {
+                Ok(name) if name == "a" => break,
+                other => assert!(start.elapsed() < DEADLINE, "pod a through its own Service: {other:?}"),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     });
 }
 

@@ -4,7 +4,9 @@
 //!
 //! The sync loop, watchers and incremental desired state are the userspace mode's: each pass
 //! hands over the listeners whose route changed and the Services recomputed, and only their
-//! objects are re-rendered ([`render`]) and applied as one `nft -f -` transaction ([`model`]).
+//! objects are re-rendered ([`render`]) and applied as one nft transaction ([`model`]), through a
+//! libnftables context that lives as long as the proxy (else `nft -f -`, [`nft`]). Per-Service
+//! state is map and set elements, so a change costs the same whatever the table's size.
 //! The table is rebuilt whole at start and after a failed transaction, and deleted when the
 //! proxy stops. No other table is read or written.
 

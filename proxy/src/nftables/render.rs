@@ -2,16 +2,31 @@
 //! `syncProxyRules`, one Service address at a time). Pure: what serves a listener is decided by
 //! [`crate::desired`]; this only writes it down.
 //!
-//! Per Service address (`ip . proto . port`, NodePorts on each node address): an element of the
-//! `service-ips` verdict map sending new connections to a dispatch chain, which picks an endpoint
-//! chain (ClientIP affinity first, then `numgen random`); each endpoint chain marks hairpin
-//! traffic for masquerade, records the client in its affinity set and DNATs. An address whose
-//! Service has no usable endpoints gets a `no-endpoint-services` element that rejects. Chains and
-//! sets are named by a hash of what they hold, so a changed Service gets new chains and the old
-//! ones go once nothing uses them: a change never edits a chain in place.
+//! The per-Service state is map and set elements, not chains: the table has a fixed set of
+//! chains plus one `pick` chain per endpoint count in use, so an endpoint change is a few element
+//! deletions and additions, and what nft reads before each transaction (every chain and set of
+//! the table, never elements) does not grow with the number of Services.
+//!
+//! Per Service address (`ip . proto . port`, NodePorts on each node address):
+//! - an element of `service-ips` sends new connections to `pick<family>-<proto>-<n>` (n
+//!   endpoints), which DNATs to `endpoints<family>-<proto>[address . port . numgen random mod n]`:
+//!   a uniform choice;
+//! - external addresses are in `external` (masqueraded) or `external-local` (only the node's own
+//!   traffic masqueraded, `externalTrafficPolicy: Local`);
+//! - each endpoint is in `hairpin`, so a connection DNATed to its own source is masqueraded;
+//! - `loadBalancerSourceRanges`: the address is in `firewall` and each range in `firewall-allow`;
+//!   other sources are dropped;
+//! - no usable endpoints: a `no-endpoint-services` element that rejects.
+//!
+//! `sessionAffinity: ClientIP` keeps chains (its state is per endpoint): the address's element
+//! goes to a dispatch chain that checks per-endpoint affinity sets, then picks an endpoint chain
+//! that records the client and DNATs. Those chains and sets are named by a hash of what they
+//! hold, so a changed Service gets new ones and the old go once nothing uses them: a change never
+//! edits a chain in place.
 
-use crate::desired::{Class, Listen, RouteSpec};
+use crate::desired::{Class, Listen, RouteSpec, SourceRange};
 use crate::endpoints::Protocol;
+use std::collections::BTreeSet;
 use std::fmt::Write;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
@@ -47,8 +62,9 @@ pub enum Body {
     Chain {
         rules: Vec<String>,
     },
+    /// A map element's value (a verdict, an endpoint); empty for a set element.
     Element {
-        verdict: String,
+        value: String,
     },
 }
 
@@ -59,17 +75,51 @@ pub struct Object {
     pub body: Body,
 }
 
-/// The names of a family's maps.
-fn maps(v6: bool) -> (&'static str, &'static str, &'static str) {
-    if v6 {
-        ("service-ips6", "no-endpoint-services6", "firewall-ips6")
-    } else {
-        ("service-ips4", "no-endpoint-services4", "firewall-ips4")
-    }
+/// A pair of names, the IPv4 one and the IPv6 one.
+type Names = [&'static str; 2];
+
+/// Verdict maps keyed by `address . protocol . port`: where new connections to a Service
+/// address go (a pick chain, or an affinity Service's own chain), and the addresses whose
+/// Service has no usable endpoints (`goto reject-chain`).
+const SERVICE_IPS: Names = ["service-ips4", "service-ips6"];
+const NO_ENDPOINTS: Names = ["no-endpoint-services4", "no-endpoint-services6"];
+/// Per protocol, `address . port . slot` → `endpoint address . port`: slot i of a Service
+/// address with n endpoints is endpoint i, and its pick chain draws `numgen random mod n`. One
+/// map per protocol because nft 1.0.6 types the value's port by a protocol (`tcp dport`), and
+/// its rules then match that protocol only (a `th dport` value cannot be read back from the
+/// kernel: "conflicting protocols", which fails any later rule using the map).
+const ENDPOINTS: [(Protocol, Names); 3] = [
+    (Protocol::Tcp, ["endpoints4-tcp", "endpoints6-tcp"]),
+    (Protocol::Udp, ["endpoints4-udp", "endpoints6-udp"]),
+    (Protocol::Sctp, ["endpoints4-sctp", "endpoints6-sctp"]),
+];
+
+fn endpoints_map(protocol: Protocol, v6: bool) -> &'static str {
+    let names = ENDPOINTS.iter().find(|(p, _)| *p == protocol).map_or(ENDPOINTS[0].1, |(_, n)| *n);
+    pick(names, v6)
+}
+
+/// Service addresses whose new connections are masqueraded (external ones), and those that
+/// masquerade only what the node itself sends (`externalTrafficPolicy: Local`).
+const EXTERNAL: Names = ["external4", "external6"];
+const EXTERNAL_LOCAL: Names = ["external-local4", "external-local6"];
+/// `endpoint . endpoint`: a connection DNATed back to its own source is masqueraded (hairpin).
+const HAIRPIN: Names = ["hairpin4", "hairpin6"];
+/// Load-balancer addresses with `loadBalancerSourceRanges`, and `address . protocol . port .
+/// source range` for the sources each admits.
+const FIREWALL: Names = ["firewall4", "firewall6"];
+const FIREWALL_ALLOW: Names = ["firewall-allow4", "firewall-allow6"];
+
+fn pick(names: Names, v6: bool) -> &'static str {
+    names[usize::from(v6)]
 }
 
 fn ipx(v6: bool) -> &'static str {
     if v6 { "ip6" } else { "ip" }
+}
+
+fn addr_type(v6: bool) -> &'static str {
+    if v6 { "ipv6_addr" } else { "ipv4_addr" }
 }
 
 fn proto(p: Protocol) -> &'static str {
@@ -136,42 +186,72 @@ fn chain(rank: u8, name: String, rules: Vec<String>) -> Object {
 /// The objects that make `listen` forward as `route` says. `external_local`: the Service's
 /// `externalTrafficPolicy` is `Local` (external traffic keeps its source unless the node sent it).
 pub fn route(listen: &Listen, route: &RouteSpec, external_local: bool) -> Vec<Object> {
-    let v6 = listen.addr.is_ipv6();
-    let ip = ipx(v6);
-    let base = service_base(route);
-    let mut out = Vec::new();
-    let mut endpoint_chains = Vec::with_capacity(route.endpoints.len());
-    let mut affinity_rules = Vec::new();
-    for ep in &route.endpoints {
-        let ep_base = format!("{base}__{}", endpoint_base(ep));
-        let mut rules = vec![format!("{ip} saddr {} jump mark-for-masquerade", ep.ip())];
-        let set = route.affinity.map(|timeout| {
-            let timeout = Duration::from_secs(timeout.as_secs().max(1));
-            let set = name("aff", fnv(&[&ep_base, &timeout.as_secs().to_string()]), &ep_base);
-            out.push(Object { id: Id::Set(set.clone()), body: Body::Set { v6, timeout } });
-            rules.push(format!("update @{set} {{ {ip} saddr }}"));
-            set
-        });
-        rules.push(format!("meta l4proto {} dnat {ip} to {}", proto(listen.protocol), dnat_target(ep)));
-        let ep_chain = name("ep", fnv(&rules.iter().map(String::as_str).collect::<Vec<_>>()), &ep_base);
-        if let Some(set) = set {
-            affinity_rules.push(format!("{ip} saddr @{set} goto {ep_chain}"));
-        }
-        out.push(chain(1, ep_chain.clone(), rules));
-        endpoint_chains.push(ep_chain);
+    if route.endpoints.is_empty() {
+        return reject(listen);
     }
-
-    let mut rules = Vec::new();
+    let v6 = listen.addr.is_ipv6();
+    let key = key(listen);
+    let mut out = Vec::new();
     if route.class == Class::External {
         // kube-proxy: external traffic is masqueraded, as it may cross nodes; with the Local
         // policy only what the node itself sends (its source would be a local address).
-        rules.push(if external_local {
-            "fib saddr type local jump mark-for-masquerade".to_string()
-        } else {
-            "jump mark-for-masquerade".to_string()
-        });
+        out.push(element(pick(if external_local { EXTERNAL_LOCAL } else { EXTERNAL }, v6), key.clone(), ""));
     }
-    rules.extend(affinity_rules);
+    let ranges = source_ranges(&route.sources, v6);
+    if !ranges.is_empty() {
+        out.push(element(pick(FIREWALL, v6), key.clone(), ""));
+        for (net, prefix) in ranges {
+            out.push(element(pick(FIREWALL_ALLOW, v6), format!("{key} . {net}/{prefix}"), ""));
+        }
+    }
+    let dispatch = match route.affinity {
+        None => {
+            let n = route.endpoints.len();
+            let (ip, p) = (ipx(v6), proto(listen.protocol));
+            let endpoints = endpoints_map(listen.protocol, v6);
+            let chain_name = format!("pick{}-{p}-{n}", if v6 { 6 } else { 4 });
+            let rule = format!("dnat {ip} to {ip} daddr . {p} dport . numgen random mod {n} map @{endpoints}");
+            out.push(chain(1, chain_name.clone(), vec![rule]));
+            let mut hairpins = BTreeSet::new();
+            for (slot, ep) in route.endpoints.iter().enumerate() {
+                let key = format!("{} . {} . {slot}", listen.addr.ip(), listen.addr.port());
+                out.push(element(endpoints, key, &format!("{} . {}", ep.ip(), ep.port())));
+                hairpins.insert(ep.ip());
+            }
+            for ip in hairpins {
+                out.push(element(pick(HAIRPIN, v6), format!("{ip} . {ip}"), ""));
+            }
+            chain_name
+        }
+        Some(timeout) => affinity(listen, route, timeout, &mut out),
+    };
+    out.push(element(pick(SERVICE_IPS, v6), key, &format!("goto {dispatch}")));
+    out
+}
+
+/// The chains and sets of a Service address with ClientIP affinity; returns the chain its
+/// `service-ips` element goes to.
+fn affinity(listen: &Listen, route: &RouteSpec, timeout: Duration, out: &mut Vec<Object>) -> String {
+    let v6 = listen.addr.is_ipv6();
+    let ip = ipx(v6);
+    let base = service_base(route);
+    let timeout = Duration::from_secs(timeout.as_secs().max(1));
+    let mut endpoint_chains = Vec::with_capacity(route.endpoints.len());
+    let mut rules = Vec::new();
+    for ep in &route.endpoints {
+        let ep_base = format!("{base}__{}", endpoint_base(ep));
+        let set = name("aff", fnv(&[&ep_base, &timeout.as_secs().to_string()]), &ep_base);
+        out.push(Object { id: Id::Set(set.clone()), body: Body::Set { v6, timeout } });
+        let ep_rules = vec![
+            format!("{ip} saddr {} jump mark-for-masquerade", ep.ip()),
+            format!("update @{set} {{ {ip} saddr }}"),
+            format!("meta l4proto {} dnat {ip} to {}", proto(listen.protocol), dnat_target(ep)),
+        ];
+        let ep_chain = name("ep", fnv(&ep_rules.iter().map(String::as_str).collect::<Vec<_>>()), &ep_base);
+        rules.push(format!("{ip} saddr @{set} goto {ep_chain}"));
+        out.push(chain(1, ep_chain.clone(), ep_rules));
+        endpoint_chains.push(ep_chain);
+    }
     // Uniform choice as iptables' `statistic` chain: endpoint i with probability 1/(n-i). No
     // anonymous vmap: the kernel names each anonymous set by scanning the table's sets, which
     // made a first sync of 10,000 Services take 17 s.
@@ -179,44 +259,51 @@ pub fn route(listen: &Listen, route: &RouteSpec, external_local: bool) -> Vec<Ob
     for (i, c) in endpoint_chains.iter().enumerate() {
         rules.push(if i + 1 == n { format!("goto {c}") } else { format!("numgen random mod {} == 0 goto {c}", n - i) });
     }
-    // A ClusterIP with one endpoint and nothing else to do needs no chain of its own: nft reads
-    // every chain of the table on each transaction, so fewer chains make every sync cheaper.
-    let dispatch = match (&endpoint_chains[..], route.class, route.affinity) {
-        ([only], Class::Internal, None) => only.clone(),
-        _ => {
-            let prefix = if route.class == Class::External { "ext" } else { "svc" };
-            let dispatch = name(prefix, fnv(&rules.iter().map(String::as_str).collect::<Vec<_>>()), &base);
-            out.push(chain(2, dispatch.clone(), rules));
-            dispatch
-        }
-    };
+    let dispatch = name("svc", fnv(&rules.iter().map(String::as_str).collect::<Vec<_>>()), &base);
+    out.push(chain(2, dispatch.clone(), rules));
+    dispatch
+}
 
-    let (service_ips, _, firewall_ips) = maps(v6);
-    if !route.sources.is_empty() {
-        let ranges: Vec<String> = route.sources.iter().map(|r| format!("{}/{}", r.addr, r.prefix)).collect();
-        let rule = format!("{ip} saddr != {{ {} }} drop", ranges.join(", "));
-        let fw = name("fw", fnv(&[&rule]), &base);
-        out.push(chain(1, fw.clone(), vec![rule]));
-        out.push(Object {
-            id: Id::Element { map: firewall_ips, key: key(listen) },
-            body: Body::Element { verdict: format!("goto {fw}") },
-        });
+/// The ranges of `sources` in the listener's family, as (network address, prefix), without any
+/// range inside another (the kernel refuses overlapping elements).
+pub(crate) fn source_ranges(sources: &[SourceRange], v6: bool) -> Vec<(IpAddr, u8)> {
+    let same: Vec<&SourceRange> = sources.iter().filter(|r| r.addr.is_ipv6() == v6).collect();
+    let mut out: Vec<(IpAddr, u8)> = Vec::new();
+    for (i, r) in same.iter().enumerate() {
+        let covered = same
+            .iter()
+            .enumerate()
+            .any(|(j, o)| j != i && o.contains(r.addr) && (o.prefix < r.prefix || (o.prefix == r.prefix && j < i)));
+        if !covered {
+            out.push((network(r), r.prefix));
+        }
     }
-    out.push(Object {
-        id: Id::Element { map: service_ips, key: key(listen) },
-        body: Body::Element { verdict: format!("goto {dispatch}") },
-    });
+    out.sort();
     out
+}
+
+/// The network address of a range (its host bits cleared).
+fn network(range: &SourceRange) -> IpAddr {
+    match range.addr {
+        IpAddr::V4(a) => {
+            let mask = u32::MAX.checked_shl(32 - u32::from(range.prefix)).unwrap_or(0);
+            IpAddr::V4((u32::from(a) & mask).into())
+        }
+        IpAddr::V6(a) => {
+            let mask = u128::MAX.checked_shl(128 - u32::from(range.prefix)).unwrap_or(0);
+            IpAddr::V6((u128::from(a) & mask).into())
+        }
+    }
+}
+
+fn element(map: &'static str, key: String, value: &str) -> Object {
+    Object { id: Id::Element { map, key }, body: Body::Element { value: value.to_string() } }
 }
 
 /// The object that refuses new connections to `listen` (its Service has no usable endpoints):
 /// a TCP reset, else ICMP port unreachable (`reject-chain`).
 pub fn reject(listen: &Listen) -> Vec<Object> {
-    let (_, no_endpoints, _) = maps(listen.addr.is_ipv6());
-    vec![Object {
-        id: Id::Element { map: no_endpoints, key: key(listen) },
-        body: Body::Element { verdict: "goto reject-chain".into() },
-    }]
+    vec![element(pick(NO_ENDPOINTS, listen.addr.is_ipv6()), key(listen), "goto reject-chain")]
 }
 
 /// The fixed part of the table: hooks, maps and helper chains (upstream's `setupNFTables`).
@@ -225,26 +312,73 @@ pub fn base() -> String {
     let mut s = String::new();
     let _ = writeln!(s, "add table {TABLE} {{ comment \"kplane service proxy\"; }}");
     for v6 in [false, true] {
-        let addr = if v6 { "ipv6_addr" } else { "ipv4_addr" };
-        let (a, b, c) = maps(v6);
-        for map in [a, b, c] {
-            let _ = writeln!(s, "add map {TABLE} {map} {{ type {addr} . inet_proto . inet_service : verdict; }}");
+        let (ip, addr) = (ipx(v6), addr_type(v6));
+        let service = format!("{addr} . inet_proto . inet_service");
+        for map in [SERVICE_IPS, NO_ENDPOINTS] {
+            let _ = writeln!(s, "add map {TABLE} {} {{ type {service} : verdict; }}", pick(map, v6));
         }
+        for (protocol, names) in ENDPOINTS {
+            let p = proto(protocol);
+            let _ = writeln!(
+                s,
+                "add map {TABLE} {} {{ typeof {ip} daddr . {p} dport . numgen random mod 1 : {ip} daddr . {p} dport; }}",
+                pick(names, v6)
+            );
+        }
+        for set in [EXTERNAL, EXTERNAL_LOCAL, FIREWALL] {
+            let _ = writeln!(s, "add set {TABLE} {} {{ type {service}; }}", pick(set, v6));
+        }
+        let _ = writeln!(s, "add set {TABLE} {} {{ type {addr} . {addr}; }}", pick(HAIRPIN, v6));
+        let _ =
+            writeln!(s, "add set {TABLE} {} {{ type {service} . {addr}; flags interval; }}", pick(FIREWALL_ALLOW, v6));
     }
+    let per_family =
+        |rules: &dyn Fn(bool) -> Vec<String>| -> Vec<String> { [false, true].into_iter().flat_map(rules).collect() };
+    let service = |v6: bool| format!("{} daddr . meta l4proto . th dport", ipx(v6));
     let helpers: [(&str, Vec<String>); 6] = [
-        ("services", dispatch_by_map(0)),
-        ("endpoints-check", dispatch_by_map(1)),
-        ("firewall-check", dispatch_by_map(2)),
+        // Jump targets first.
         ("reject-chain", vec!["meta l4proto tcp reject with tcp reset".into(), "reject".into()]),
         ("mark-for-masquerade", vec![format!("meta mark set meta mark or {MASQ_MARK}")]),
         (
-            "masquerading",
-            vec![
+            "services",
+            per_family(&|v6| {
+                vec![
+                    format!("{} @{} jump mark-for-masquerade", service(v6), pick(EXTERNAL, v6)),
+                    format!(
+                        "fib saddr type local {} @{} jump mark-for-masquerade",
+                        service(v6),
+                        pick(EXTERNAL_LOCAL, v6)
+                    ),
+                    format!("{} vmap @{}", service(v6), pick(SERVICE_IPS, v6)),
+                ]
+            }),
+        ),
+        ("endpoints-check", per_family(&|v6| vec![format!("{} vmap @{}", service(v6), pick(NO_ENDPOINTS, v6))])),
+        (
+            "firewall-check",
+            per_family(&|v6| {
+                vec![format!(
+                    "{} @{} {} . {} saddr != @{} drop",
+                    service(v6),
+                    pick(FIREWALL, v6),
+                    service(v6),
+                    ipx(v6),
+                    pick(FIREWALL_ALLOW, v6)
+                )]
+            }),
+        ),
+        ("masquerading", {
+            let mut rules = per_family(&|v6| {
+                let ip = ipx(v6);
+                vec![format!("ct status dnat {ip} saddr . {ip} daddr @{} jump mark-for-masquerade", pick(HAIRPIN, v6))]
+            });
+            rules.extend([
                 format!("meta mark & {MASQ_MARK} == 0 return"),
                 format!("meta mark set meta mark xor {MASQ_MARK}"),
                 "masquerade fully-random".into(),
-            ],
-        ),
+            ]);
+            rules
+        }),
     ];
     for (chain, rules) in &helpers {
         let _ = writeln!(s, "add chain {TABLE} {chain}");
@@ -277,23 +411,11 @@ pub fn base() -> String {
     s
 }
 
-/// `ip daddr . meta l4proto . th dport vmap @<map>` for both families; `which` picks the map.
-fn dispatch_by_map(which: usize) -> Vec<String> {
-    [false, true]
-        .into_iter()
-        .map(|v6| {
-            let (a, b, c) = maps(v6);
-            let map = [a, b, c][which];
-            format!("{} daddr . meta l4proto . th dport vmap @{map}", ipx(v6))
-        })
-        .collect()
-}
-
 /// The lines that create `object`.
 pub fn add(out: &mut String, object: &Object) {
     match (&object.id, &object.body) {
         (Id::Set(name), Body::Set { v6, timeout }) => {
-            let addr = if *v6 { "ipv6_addr" } else { "ipv4_addr" };
+            let addr = addr_type(*v6);
             let secs = timeout.as_secs();
             let _ = writeln!(out, "add set {TABLE} {name} {{ type {addr}; flags dynamic,timeout; timeout {secs}s; }}");
         }
@@ -303,8 +425,11 @@ pub fn add(out: &mut String, object: &Object) {
                 let _ = writeln!(out, "add rule {TABLE} {name} {rule}");
             }
         }
-        (Id::Element { map, key }, Body::Element { verdict }) => {
-            let _ = writeln!(out, "add element {TABLE} {map} {{ {key} : {verdict} }}");
+        (Id::Element { map, key }, Body::Element { value }) if value.is_empty() => {
+            let _ = writeln!(out, "add element {TABLE} {map} {{ {key} }}");
+        }
+        (Id::Element { map, key }, Body::Element { value }) => {
+            let _ = writeln!(out, "add element {TABLE} {map} {{ {key} : {value} }}");
         }
         _ => {} // an id never pairs with another kind of body (both come from `route`/`reject`)
     }
