@@ -101,8 +101,12 @@ async fn run(listen: Listen, service: ServicePortName, route: watch::Receiver<Ar
     let mut delay = FIRST_RETRY;
     let mut failures = 0u32;
     let mut warned = false;
+    let threads = match listen.protocol {
+        Protocol::Tcp => shared.data.tcp_sockets(),
+        _ => shared.data.one_socket(),
+    };
     let bound = loop {
-        match bind(listen, shared.data.threads().len()) {
+        match bind(listen, threads.threads.len()) {
             Ok(b) => break b,
             Err(e) => {
                 failures += 1;
@@ -134,7 +138,7 @@ async fn run(listen: Listen, service: ServicePortName, route: watch::Receiver<Ar
     let mut serving: Vec<AbortOnDrop> = match bound {
         Bound::Tcp(sockets) => sockets
             .into_iter()
-            .zip(shared.data.threads())
+            .zip(&threads.threads)
             .map(|(socket, thread)| {
                 let (route, connect, shutdown) = (route.clone(), shared.connect, shared.shutdown.clone());
                 let serve = async move {
@@ -153,19 +157,20 @@ async fn run(listen: Listen, service: ServicePortName, route: watch::Receiver<Ar
                     Err(e) => tracing::error!(error = %e, "cannot serve the socket"),
                 }
             };
-            vec![AbortOnDrop(shared.data.one().spawn(serve.in_current_span()))]
+            vec![AbortOnDrop(threads.threads[0].spawn(serve.in_current_span()))]
         }
     };
-    // Serving ends only when this task is dropped, which drops `serving` and so stops it.
+    // Serving ends only when this task is dropped, which drops `serving` and so stops it, and
+    // returns the sockets to the budget.
     futures::future::join_all(serving.iter_mut().map(|t| &mut t.0)).await;
+    drop(threads);
 }
 
-/// Binds `listen`: for TCP, `threads` sockets on Linux (where `SO_REUSEPORT` spreads connections
-/// over them), one elsewhere.
-fn bind(listen: Listen, threads: usize) -> io::Result<Bound> {
+/// Binds `listen`: for TCP, `count` sockets sharing the address (`SO_REUSEPORT`, Linux only).
+fn bind(listen: Listen, count: usize) -> io::Result<Bound> {
     match listen.protocol {
         Protocol::Tcp => {
-            let count = if cfg!(target_os = "linux") { threads.max(1) } else { 1 };
+            let count = count.max(1);
             (0..count).map(|_| tcp_socket(listen.addr, count > 1)).collect::<io::Result<_>>().map(Bound::Tcp)
         }
         Protocol::Udp => {

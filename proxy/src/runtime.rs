@@ -13,26 +13,97 @@ use tokio::sync::oneshot;
 #[derive(Debug, Clone)]
 pub(crate) struct DataPath {
     threads: Arc<[Handle]>,
-    /// Where the next single-socket listener (UDP) goes.
+    /// Where the next listener's first socket goes, so single-socket listeners spread.
     next: Arc<AtomicUsize>,
+    sockets: Arc<SocketBudget>,
+}
+
+/// Listening sockets beyond one per listener cost a file descriptor each: with tens of thousands
+/// of Services, a socket per thread would not fit the open-file limit. So a TCP listener gets a
+/// socket per thread while all listeners' sockets stay within a quarter of the limit, then one.
+#[derive(Debug)]
+struct SocketBudget {
+    held: AtomicUsize,
+    max: usize,
+}
+
+/// The listening sockets one listener holds against the budget; returned when dropped.
+#[derive(Debug)]
+pub(crate) struct Sockets {
+    pub(crate) threads: Vec<Handle>,
+    budget: Arc<SocketBudget>,
+}
+
+impl Drop for Sockets {
+    fn drop(&mut self) {
+        self.budget.held.fetch_sub(self.threads.len(), Ordering::Relaxed);
+    }
 }
 
 impl DataPath {
+    fn new(threads: Vec<Handle>, max_sockets: usize) -> Self {
+        let sockets = Arc::new(SocketBudget { held: AtomicUsize::new(0), max: max_sockets });
+        Self { threads: threads.into(), next: Arc::default(), sockets }
+    }
+
     /// A data path of the current runtime alone (tests).
     #[cfg(test)]
     pub(crate) fn current() -> Self {
-        Self { threads: Arc::from([Handle::current()]), next: Arc::default() }
+        Self::new(vec![Handle::current()], usize::MAX)
     }
 
-    /// Every data thread, for a listener with a socket on each.
-    pub(crate) fn threads(&self) -> &[Handle] {
-        &self.threads
+    /// The threads a new TCP listener serves on, a socket each: all of them on Linux (where
+    /// `SO_REUSEPORT` spreads connections over the sockets) while the budget allows, else one.
+    pub(crate) fn tcp_sockets(&self) -> Sockets {
+        let all = if cfg!(target_os = "linux") { self.threads.len() } else { 1 };
+        let budget = &self.sockets;
+        let count = if all > 1 && budget.held.fetch_add(all, Ordering::Relaxed) + all <= budget.max {
+            all
+        } else {
+            if all > 1 {
+                budget.held.fetch_sub(all, Ordering::Relaxed);
+            }
+            budget.held.fetch_add(1, Ordering::Relaxed);
+            1
+        };
+        Sockets { threads: self.take(count), budget: budget.clone() }
     }
 
-    /// One data thread, in turn, for a listener with a single socket.
-    pub(crate) fn one(&self) -> &Handle {
-        &self.threads[self.next.fetch_add(1, Ordering::Relaxed) % self.threads.len()]
+    /// One data thread, in turn, for a listener with a single socket (UDP).
+    pub(crate) fn one_socket(&self) -> Sockets {
+        self.sockets.held.fetch_add(1, Ordering::Relaxed);
+        Sockets { threads: self.take(1), budget: self.sockets.clone() }
     }
+
+    /// `count` distinct threads, starting with the next in turn.
+    fn take(&self, count: usize) -> Vec<Handle> {
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        (0..count.min(self.threads.len())).map(|i| self.threads[(start + i) % self.threads.len()].clone()).collect()
+    }
+}
+
+/// The soft open-file limit, first raised to the hard limit as Go programs (kube-proxy among
+/// them) do at start: a proxy holds a socket per Service port.
+fn open_file_limit() -> usize {
+    #[cfg(unix)]
+    {
+        let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        // SAFETY: getrlimit/setrlimit read and write the struct we pass.
+        unsafe {
+            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+                return 1024;
+            }
+            if limit.rlim_cur < limit.rlim_max {
+                let raised = libc::rlimit { rlim_cur: limit.rlim_max, rlim_max: limit.rlim_max };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                    limit = raised;
+                }
+            }
+        }
+        usize::try_from(limit.rlim_cur).unwrap_or(usize::MAX)
+    }
+    #[cfg(not(unix))]
+    usize::MAX
 }
 
 /// Owns the proxy's threads; dropping it stops them, ending every connection. They are the
@@ -63,7 +134,7 @@ impl ProxyRuntime {
             threads.push(handle);
             stop.push(stop_tx);
         }
-        let data = DataPath { threads: threads.into(), next: Arc::default() };
+        let data = DataPath::new(threads, open_file_limit() / 4);
         Ok(Self { control: Some(control), data, _stop: stop })
     }
 
@@ -102,4 +173,33 @@ fn data_thread(i: usize) -> Result<(Handle, oneshot::Sender<()>), ProxyError> {
         })
         .map_err(ProxyError::Runtime)?;
     Ok((handle, stop_tx))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Listeners get a socket per thread until the budget is used, then one each; dropped
+    /// listeners give theirs back.
+    #[tokio::test]
+    async fn sockets_per_thread_within_the_budget() {
+        let data = DataPath::new(vec![Handle::current(), Handle::current()], 5);
+        let per_thread = if cfg!(target_os = "linux") { 2 } else { 1 };
+        let a = data.tcp_sockets();
+        let b = data.tcp_sockets();
+        assert_eq!((a.threads.len(), b.threads.len()), (per_thread, per_thread));
+        let c = data.tcp_sockets();
+        assert_eq!(c.threads.len(), 1, "over the budget: one socket");
+        let udp = data.one_socket();
+        assert_eq!(udp.threads.len(), 1);
+        drop((a, b));
+        assert_eq!(data.tcp_sockets().threads.len(), per_thread, "returned sockets are reused");
+        drop((c, udp));
+        assert_eq!(data.sockets.held.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn the_open_file_limit_is_read() {
+        assert!(open_file_limit() >= 64);
+    }
 }
