@@ -81,7 +81,8 @@ pub enum ProxyMode {
     #[default]
     Userspace,
     /// DNAT rules in kplane's own nftables table (`table inet kplane`), as kube-proxy's
-    /// nftables mode; needs root (CAP_NET_ADMIN) and the `nft` command.
+    /// nftables mode; needs root (CAP_NET_ADMIN) and libnftables (Debian `libnftables1`) or the
+    /// `nft` command.
     Nftables,
 }
 
