@@ -58,7 +58,7 @@ async fn one_way(
     splice: bool,
     one_ended: &AtomicBool,
 ) -> io::Result<u64> {
-    let mut buf = Vec::with_capacity(BUF);
+    let mut buf = buffers::Buffer::take();
     let mut total = 0u64;
     #[cfg(target_os = "linux")]
     let mut try_splice = splice;
@@ -66,7 +66,7 @@ async fn one_way(
     let _ = splice;
     loop {
         buf.clear();
-        let n = from.read_buf(&mut buf).await?;
+        let n = from.read_buf(&mut *buf).await?;
         if n == 0 {
             break;
         }
@@ -106,6 +106,59 @@ fn socket_shutdown_write(to: &TcpStream) -> io::Result<()> {
     use std::os::fd::AsRawFd;
     // SAFETY: shutdown(2) on a descriptor `to` owns and keeps open for the call.
     if unsafe { libc::shutdown(to.as_raw_fd(), libc::SHUT_WR) } == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+}
+
+mod buffers {
+    //! Relay buffers kept per thread for reuse. Without them each connection costs two 16 KiB
+    //! allocations and frees, and allocations that large make glibc consolidate its small-block
+    //! bins each time; a data thread's connections all live on that thread, so its pool serves
+    //! them without locks.
+    use super::BUF;
+    use std::cell::RefCell;
+
+    /// Buffers a thread keeps (at most 4 MiB).
+    const KEEP: usize = 256;
+
+    thread_local! {
+        static FREE: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+    }
+
+    /// An empty buffer of [`BUF`] bytes' capacity, returned to its thread's pool when dropped.
+    pub(super) struct Buffer(Vec<u8>);
+
+    impl Buffer {
+        pub(super) fn take() -> Self {
+            let reused = FREE.try_with(|free| free.borrow_mut().pop()).ok().flatten();
+            Self(reused.unwrap_or_else(|| Vec::with_capacity(BUF)))
+        }
+    }
+
+    impl Drop for Buffer {
+        fn drop(&mut self) {
+            let mut buf = std::mem::take(&mut self.0);
+            buf.clear();
+            // A thread going away keeps nothing.
+            let _ = FREE.try_with(|free| {
+                let mut free = free.borrow_mut();
+                if free.len() < KEEP {
+                    free.push(buf);
+                }
+            });
+        }
+    }
+
+    impl std::ops::Deref for Buffer {
+        type Target = Vec<u8>;
+        fn deref(&self) -> &Vec<u8> {
+            &self.0
+        }
+    }
+
+    impl std::ops::DerefMut for Buffer {
+        fn deref_mut(&mut self) -> &mut Vec<u8> {
+            &mut self.0
+        }
+    }
 }
 
 #[cfg(target_os = "linux")]
