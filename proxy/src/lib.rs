@@ -72,6 +72,11 @@ pub struct ProxyConfig {
     pub healthz_listen: Option<std::net::SocketAddr>,
     /// How Service traffic is forwarded (`--proxy-mode`).
     pub mode: ProxyMode,
+    /// The Service CIDRs (`--service-cidr`). The nftables mode drops new connections to an
+    /// address in them that no rule DNATed (upstream's "unallocated ClusterIPs" rule), so an
+    /// attempt made before the proxy has a Service's rules leaves no un-NATed conntrack entry
+    /// behind. Empty: no such rule.
+    pub service_cidrs: Vec<desired::SourceRange>,
 }
 
 /// How the proxy forwards Service traffic.
@@ -110,6 +115,7 @@ impl Default for ProxyConfig {
             reserved: Vec::new(),
             healthz_listen: None,
             mode: ProxyMode::Userspace,
+            service_cidrs: Vec::new(),
         }
     }
 }

@@ -72,6 +72,7 @@ impl Nftables {
             live: false,
         };
         me.model.same_transaction = kernel_at_least(6, 2);
+        me.model.service_cidrs = config.service_cidrs.clone();
         me
     }
 

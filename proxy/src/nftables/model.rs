@@ -3,6 +3,7 @@
 //! upstream's partial syncs. A full rebuild replaces the whole table in one transaction.
 
 use super::render::{self, Body, Id, Object};
+use crate::desired::SourceRange;
 use std::collections::{BTreeSet, HashMap};
 
 /// Objects wanted by listeners and objects in the kernel.
@@ -19,6 +20,8 @@ pub struct Model {
     /// Delete unused chains and sets in the same transaction as the elements that used them
     /// (kernel 6.2 and later); else in a second one ([`Model::cleanup`]).
     pub same_transaction: bool,
+    /// The Service CIDRs, for the fixed part of the table ([`render::base`]).
+    pub service_cidrs: Vec<SourceRange>,
 }
 
 /// A planned incremental transaction.
@@ -147,7 +150,7 @@ impl Model {
     /// The whole table from scratch: any previous one (and anything left in it) is replaced.
     pub fn full(&self) -> String {
         let mut script = render::remove_table();
-        script.push_str(&render::base());
+        script.push_str(&render::base(&self.service_cidrs));
         let mut all: Vec<(&Id, &Body)> = self.wanted.iter().map(|(id, (body, _))| (id, body)).collect();
         all.sort_by(|a, b| a.0.cmp(b.0));
         for (id, body) in all {

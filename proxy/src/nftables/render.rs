@@ -307,8 +307,19 @@ pub fn reject(listen: &Listen) -> Vec<Object> {
 }
 
 /// The fixed part of the table: hooks, maps and helper chains (upstream's `setupNFTables`).
-/// Filter chains run before DNAT (priority -110) so they see the Service address.
-pub fn base() -> String {
+/// Filter chains run before DNAT (priority -110) so they see the Service address, except
+/// `filter-output-post-dnat` and `filter-forward` (forwarding comes after prerouting's DNAT),
+/// which see where DNAT sent a packet: there a new connection still addressed into a Service
+/// CIDR was DNATed by no rule, and `cluster-ips-check` drops it unless the address is local.
+///
+/// Why drop: NAT is chosen once, by a connection's first packet, and conntrack keeps the choice
+/// with the entry. An attempt at a ClusterIP whose rules are not in yet (the proxy has not seen
+/// the Service) would otherwise leave an un-NATed entry in SYN_SENT (the SYN goes asking ARP for
+/// the ClusterIP) for 120 s, refreshed by each retransmission; a later connection that gets the
+/// same client port (ports are reused within seconds at thousands of connections a second) is
+/// then never NATed and times out. A dropped packet's entry is never confirmed, so the client's
+/// retransmission, a second later, is NATed afresh (as upstream's "unallocated ClusterIPs" drop).
+pub fn base(service_cidrs: &[SourceRange]) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "add table {TABLE} {{ comment \"kplane service proxy\"; }}");
     for v6 in [false, true] {
@@ -335,7 +346,11 @@ pub fn base() -> String {
     let per_family =
         |rules: &dyn Fn(bool) -> Vec<String>| -> Vec<String> { [false, true].into_iter().flat_map(rules).collect() };
     let service = |v6: bool| format!("{} daddr . meta l4proto . th dport", ipx(v6));
-    let helpers: [(&str, Vec<String>); 6] = [
+    let unallocated: Vec<String> = service_cidrs
+        .iter()
+        .map(|r| format!("{} daddr {}/{} fib daddr type != local drop", ipx(r.addr.is_ipv6()), network(r), r.prefix))
+        .collect();
+    let helpers: [(&str, Vec<String>); 7] = [
         // Jump targets first.
         ("reject-chain", vec!["meta l4proto tcp reject with tcp reset".into(), "reject".into()]),
         ("mark-for-masquerade", vec![format!("meta mark set meta mark or {MASQ_MARK}")]),
@@ -353,6 +368,7 @@ pub fn base() -> String {
                 ]
             }),
         ),
+        ("cluster-ips-check", unallocated),
         ("endpoints-check", per_family(&|v6| vec![format!("{} vmap @{}", service(v6), pick(NO_ENDPOINTS, v6))])),
         (
             "firewall-check",
@@ -386,10 +402,16 @@ pub fn base() -> String {
             let _ = writeln!(s, "add rule {TABLE} {chain} {rule}");
         }
     }
-    let hooks: [(&str, &str, &str, i32, &[&str]); 7] = [
+    let hooks: [(&str, &str, &str, i32, &[&str]); 8] = [
         ("filter-prerouting", "filter", "prerouting", -110, &["ct state new jump firewall-check"]),
         ("filter-input", "filter", "input", -110, &["ct state new jump endpoints-check"]),
-        ("filter-forward", "filter", "forward", -110, &["ct state new jump endpoints-check"]),
+        (
+            "filter-forward",
+            "filter",
+            "forward",
+            -110,
+            &["ct state new jump endpoints-check", "ct state new jump cluster-ips-check"],
+        ),
         (
             "filter-output",
             "filter",
@@ -397,6 +419,7 @@ pub fn base() -> String {
             -110,
             &["ct state new jump endpoints-check", "ct state new jump firewall-check"],
         ),
+        ("filter-output-post-dnat", "filter", "output", 0, &["ct state new jump cluster-ips-check"]),
         ("nat-prerouting", "nat", "prerouting", -100, &["jump services"]),
         ("nat-output", "nat", "output", -100, &["jump services"]),
         ("nat-postrouting", "nat", "postrouting", 100, &["jump masquerading"]),

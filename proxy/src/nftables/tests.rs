@@ -12,7 +12,9 @@ use rand::{Rng, SeedableRng};
 use std::sync::Arc;
 
 fn config() -> ProxyConfig {
-    ProxyConfig { node_name: NODE.into(), node_ips: NODE_IPS.to_vec(), ..ProxyConfig::default() }
+    let service_cidrs =
+        ["10.96.0.0/16", "fd00:96::/112"].iter().filter_map(|c| desired::SourceRange::parse(c)).collect();
+    ProxyConfig { node_name: NODE.into(), node_ips: NODE_IPS.to_vec(), service_cidrs, ..ProxyConfig::default() }
 }
 
 /// One sync pass as if every transaction succeeded: (main script, cleanup script).
@@ -146,6 +148,23 @@ fn client_ip_affinity_checks_and_updates_a_set_per_endpoint() {
 }
 
 #[test]
+fn new_connections_into_a_service_cidr_that_no_rule_dnated_are_dropped() {
+    let cidrs: Vec<_> =
+        ["10.96.3.4/16", "fd00:96::/112"].iter().filter_map(|c| desired::SourceRange::parse(c)).collect();
+    let base = render::base(&cidrs);
+    let check = "add rule inet kplane cluster-ips-check";
+    assert!(base.contains(&format!("{check} ip daddr 10.96.0.0/16 fib daddr type != local drop\n")), "{base}");
+    assert!(base.contains(&format!("{check} ip6 daddr fd00:96::/112 fib daddr type != local drop\n")), "{base}");
+    // After DNAT: output at priority 0 (filter), and forward (after prerouting's DNAT).
+    assert!(base.contains("filter-output-post-dnat { type filter hook output priority 0; policy accept; }"));
+    assert!(base.contains("add rule inet kplane filter-output-post-dnat ct state new jump cluster-ips-check\n"));
+    assert!(base.contains("add rule inet kplane filter-forward ct state new jump cluster-ips-check\n"));
+    // Without CIDRs the chain is there, empty.
+    assert_eq!(lines(&render::base(&[]), check), 0);
+    assert!(Nftables::new(&config()).model.full().contains(&format!("{check} ip daddr 10.96.0.0/16 ")));
+}
+
+#[test]
 fn an_endpoint_change_is_element_operations_only_and_chains_do_not_grow_with_services() {
     let mut nft = Nftables::new(&config());
     let mut inc = Incremental::new(NODE, NODE_IPS.to_vec());
@@ -165,10 +184,10 @@ fn an_endpoint_change_is_element_operations_only_and_chains_do_not_grow_with_ser
     // What nft reads before each transaction: the chains, not the elements. Three pick chains
     // (1, 2 and 3 endpoints) on top of the fixed ones, whatever the number of Services.
     let full = nft.model.full();
-    assert_eq!(lines(&full, "add chain"), lines(&render::base(), "add chain") + 3, "{}", &full[..2000]);
+    assert_eq!(lines(&full, "add chain"), lines(&render::base(&[]), "add chain") + 3, "{}", &full[..2000]);
     assert_eq!(
         lines(&full, "add set") + lines(&full, "add map"),
-        lines(&render::base(), "add set") + lines(&render::base(), "add map")
+        lines(&render::base(&[]), "add set") + lines(&render::base(&[]), "add map")
     );
 
     // s0's endpoint moves to another pod: the transaction is four element operations.
