@@ -490,7 +490,7 @@ fn a_connection_tried_before_its_service_has_rules_does_not_block_its_client_por
         // A client tries a ClusterIP before any rule serves it (the proxy has not seen the
         // Service yet): one SYN, given up after 300 ms. Had its conntrack entry been kept, it
         // would hold that the connection is not NATed (NAT is chosen by a connection's first
-        // packet), for 120 s in SYN_SENT, refreshed by every later SYN from that client port.
+        // packet) for 120 s (SYN_SENT), and a later SYN from that client port would match it.
         let target = addr("10.96.0.90", 80);
         let socket = tokio::net::TcpSocket::new_v4().expect("socket");
         socket.set_reuseaddr(true).expect("SO_REUSEADDR");
