@@ -155,6 +155,14 @@ impl Cluster {
         }
         if let Some(mut proxy) = config.proxy.clone() {
             proxy.reserved.extend(cluster.dns_addr());
+            if proxy.service_cidrs.is_empty() {
+                // The nftables mode drops new connections into these that no rule DNATed.
+                proxy.service_cidrs = config
+                    .service_cidrs()?
+                    .iter()
+                    .map(|c| kplane_proxy::desired::SourceRange { addr: c.addr, prefix: c.prefix })
+                    .collect();
+            }
             cluster.proxy = Some(kplane_proxy::run(cluster.client_as("kube-proxy"), proxy).await?);
         }
         Ok(cluster)

@@ -648,6 +648,9 @@ fn the_binary_serves_in_nftables_mode_and_removes_its_table_on_sigterm() {
         assert!(start.elapsed() < DEADLINE, "no rules for the kubernetes Service: {:?}", netns.list("inet kplane"));
         std::thread::sleep(Duration::from_millis(50));
     }
+    // The Service CIDR reaches the proxy: connections into it that no rule DNATed are dropped.
+    let table = netns.list("inet kplane").unwrap_or_default();
+    assert!(table.contains("10.96.0.0/24"), "no cluster-ips-check rule for --service-cidr: {table}");
     // `ip netns exec` execs kplane itself, so this is kplane's pid.
     let pid = i32::try_from(child.id()).expect("pid");
     // SAFETY: signalling our own child.

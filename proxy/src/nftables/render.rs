@@ -317,8 +317,9 @@ pub fn reject(listen: &Listen) -> Vec<Object> {
 /// the Service) would otherwise leave an un-NATed entry in SYN_SENT (the SYN goes asking ARP for
 /// the ClusterIP) for 120 s (the SYN_SENT timeout); a later connection that gets the same
 /// client port (ports are reused within seconds at thousands of connections a second) matches
-/// it as a new, un-NATed connection, goes asking ARP too and times out. A dropped packet's entry is never confirmed, so the client's
-/// retransmission, a second later, is NATed afresh (as upstream's "unallocated ClusterIPs" drop).
+/// it as a new, un-NATed connection, goes asking ARP too and times out. A dropped packet's entry
+/// is never confirmed, so the client's retransmission, a second later, is NATed afresh (as
+/// upstream's "unallocated ClusterIPs" drop).
 pub fn base(service_cidrs: &[SourceRange]) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "add table {TABLE} {{ comment \"kplane service proxy\"; }}");
