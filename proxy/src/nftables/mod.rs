@@ -41,6 +41,8 @@ pub(crate) struct Nftables {
     /// a claimed listener without a route rejects.
     claimed: HashMap<Key, Vec<Listen>>,
     claims: HashMap<Listen, usize>,
+    /// The `cluster-ips` elements each Service holds in the model (one per ClusterIP).
+    cluster_ips: HashMap<Key, Vec<Id>>,
     /// The kernel's table may differ from the model: rebuild it at the next pass.
     broken: bool,
     /// The table was written by this proxy, so dropping it removes the table.
@@ -68,6 +70,7 @@ impl Nftables {
             held: HashMap::new(),
             claimed: HashMap::new(),
             claims: HashMap::new(),
+            cluster_ips: HashMap::new(),
             broken: false,
             live: false,
         };
@@ -146,6 +149,17 @@ impl Nftables {
                 *self.claims.entry(*listen).or_default() += 1;
                 again.insert(*listen);
             }
+            for id in self.cluster_ips.remove(key).unwrap_or_default() {
+                self.model.remove(&id);
+            }
+            let ips = incremental.service(key).map(|s| cluster_ips(s, &new)).unwrap_or_default();
+            if !ips.is_empty() {
+                let objects: Vec<_> = ips.into_iter().map(render::cluster_ip).collect();
+                self.cluster_ips.insert(key.clone(), objects.iter().map(|o| o.id.clone()).collect());
+                for object in objects {
+                    self.model.add(object);
+                }
+            }
             if !new.is_empty() {
                 self.claimed.insert(key.clone(), new);
             }
@@ -191,6 +205,20 @@ fn kernel_at_least(major: u32, minor: u32) -> bool {
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let mut parts = release.trim().split(|c: char| !c.is_ascii_digit()).map(|p| p.parse::<u32>().unwrap_or(0));
     (parts.next().unwrap_or(0), parts.next().unwrap_or(0)) >= (major, minor)
+}
+
+/// The ClusterIPs of `service` that this proxy serves (some of its `listens` are on them): not
+/// those of a headless Service, of one left to another proxy, or of one without a port here.
+fn cluster_ips(service: &Service, listens: &[Listen]) -> Vec<IpAddr> {
+    let Some(spec) = &service.spec else { return Vec::new() };
+    let mut ips: Vec<IpAddr> = match &spec.cluster_ips {
+        Some(ips) if !ips.is_empty() => ips.iter().filter_map(|ip| ip.parse().ok()).collect(),
+        _ => spec.cluster_ip.iter().filter_map(|ip| ip.parse().ok()).collect(),
+    };
+    ips.retain(|ip| listens.iter().any(|l| l.addr.ip() == *ip));
+    ips.sort();
+    ips.dedup();
+    ips
 }
 
 fn external_policy_local(service: &Service) -> bool {

@@ -18,6 +18,10 @@
 //!   other sources are dropped;
 //! - no usable endpoints: a `no-endpoint-services` element that rejects.
 //!
+//! Per Service, each of its ClusterIPs is an element of `cluster-ips`: after DNAT, a new
+//! connection to one of them on a port no Service serves is refused, while one to an address
+//! of a Service CIDR that no Service has is dropped ([`base`]).
+//!
 //! `sessionAffinity: ClientIP` keeps chains (its state is per endpoint): the address's element
 //! goes to a dispatch chain that checks per-endpoint affinity sets, then picks an endpoint chain
 //! that records the client and DNATs. Those chains and sets are named by a hash of what they
@@ -109,6 +113,9 @@ const HAIRPIN: Names = ["hairpin4", "hairpin6"];
 /// source range` for the sources each admits.
 const FIREWALL: Names = ["firewall4", "firewall6"];
 const FIREWALL_ALLOW: Names = ["firewall-allow4", "firewall-allow6"];
+/// The ClusterIPs Services have (one element per address, whatever its ports): a new
+/// connection still addressed to one after DNAT wanted a port no Service serves, and is refused.
+const CLUSTER_IPS: Names = ["cluster-ips4", "cluster-ips6"];
 
 fn pick(names: Names, v6: bool) -> &'static str {
     names[usize::from(v6)]
@@ -306,11 +313,20 @@ pub fn reject(listen: &Listen) -> Vec<Object> {
     vec![element(pick(NO_ENDPOINTS, listen.addr.is_ipv6()), key(listen), "goto reject-chain")]
 }
 
+/// The element that marks `ip` as a ClusterIP in use (`cluster-ips`): shared by every port and
+/// Service with that address (the model counts its users).
+pub fn cluster_ip(ip: IpAddr) -> Object {
+    element(pick(CLUSTER_IPS, ip.is_ipv6()), ip.to_string(), "")
+}
+
 /// The fixed part of the table: hooks, maps and helper chains (upstream's `setupNFTables`).
 /// Filter chains run before DNAT (priority -110) so they see the Service address, except
 /// `filter-output-post-dnat` and `filter-forward` (forwarding comes after prerouting's DNAT),
-/// which see where DNAT sent a packet: there a new connection still addressed into a Service
-/// CIDR was DNATed by no rule, and `cluster-ips-check` drops it unless the address is local.
+/// which see where DNAT sent a packet: there a new connection still addressed to a Service
+/// address was DNATed by no rule, and `cluster-ips-check` decides, unless the address is local
+/// (something on the node serves it, as the cluster DNS): a ClusterIP some Service has
+/// (`cluster-ips`) is refused at once, as a closed port would be (the client gets a TCP reset or
+/// ICMP port unreachable, not a hang); any other address in a Service CIDR is dropped.
 ///
 /// Why drop: NAT is chosen once, by a connection's first packet, and conntrack keeps the choice
 /// with the entry. An attempt at a ClusterIP whose rules are not in yet (the proxy has not seen
@@ -341,16 +357,22 @@ pub fn base(service_cidrs: &[SourceRange]) -> String {
             let _ = writeln!(s, "add set {TABLE} {} {{ type {service}; }}", pick(set, v6));
         }
         let _ = writeln!(s, "add set {TABLE} {} {{ type {addr} . {addr}; }}", pick(HAIRPIN, v6));
+        let _ = writeln!(s, "add set {TABLE} {} {{ type {addr}; }}", pick(CLUSTER_IPS, v6));
         let _ =
             writeln!(s, "add set {TABLE} {} {{ type {service} . {addr}; flags interval; }}", pick(FIREWALL_ALLOW, v6));
     }
     let per_family =
         |rules: &dyn Fn(bool) -> Vec<String>| -> Vec<String> { [false, true].into_iter().flat_map(rules).collect() };
     let service = |v6: bool| format!("{} daddr . meta l4proto . th dport", ipx(v6));
-    let unallocated: Vec<String> = service_cidrs
-        .iter()
-        .map(|r| format!("{} daddr {}/{} fib daddr type != local drop", ipx(r.addr.is_ipv6()), network(r), r.prefix))
-        .collect();
+    // Refusals first: a ClusterIP is inside a Service CIDR too.
+    let mut cluster_ips_check = per_family(&|v6| {
+        vec![format!("{} daddr @{} fib daddr type != local goto reject-chain", ipx(v6), pick(CLUSTER_IPS, v6))]
+    });
+    cluster_ips_check.extend(
+        service_cidrs.iter().map(|r| {
+            format!("{} daddr {}/{} fib daddr type != local drop", ipx(r.addr.is_ipv6()), network(r), r.prefix)
+        }),
+    );
     let helpers: [(&str, Vec<String>); 7] = [
         // Jump targets first.
         ("reject-chain", vec!["meta l4proto tcp reject with tcp reset".into(), "reject".into()]),
@@ -369,7 +391,7 @@ pub fn base(service_cidrs: &[SourceRange]) -> String {
                 ]
             }),
         ),
-        ("cluster-ips-check", unallocated),
+        ("cluster-ips-check", cluster_ips_check),
         ("endpoints-check", per_family(&|v6| vec![format!("{} vmap @{}", service(v6), pick(NO_ENDPOINTS, v6))])),
         (
             "firewall-check",

@@ -159,9 +159,69 @@ fn new_connections_into_a_service_cidr_that_no_rule_dnated_are_dropped() {
     assert!(base.contains("filter-output-post-dnat { type filter hook output priority 0; policy accept; }"));
     assert!(base.contains("add rule inet kplane filter-output-post-dnat ct state new jump cluster-ips-check\n"));
     assert!(base.contains("add rule inet kplane filter-forward ct state new jump cluster-ips-check\n"));
-    // Without CIDRs the chain is there, empty.
-    assert_eq!(lines(&render::base(&[]), check), 0);
+    // Without CIDRs the chain only refuses unserved ports of ClusterIPs.
+    let bare = render::base(&[]);
+    assert_eq!(lines(&bare, check), 2, "{bare}");
+    assert!(!bare.lines().any(|l| l.starts_with(check) && l.ends_with(" drop")), "{bare}");
     assert!(Nftables::new(&config()).model.full().contains(&format!("{check} ip daddr 10.96.0.0/16 ")));
+}
+
+#[test]
+fn known_cluster_ips_refuse_unserved_ports_before_the_service_cidr_drop() {
+    let base = Nftables::new(&config()).model.full();
+    let check = "add rule inet kplane cluster-ips-check";
+    let rules: Vec<&str> = base.lines().filter(|l| l.starts_with(check)).collect();
+    assert_eq!(
+        rules,
+        [
+            format!("{check} ip daddr @cluster-ips4 fib daddr type != local goto reject-chain"),
+            format!("{check} ip6 daddr @cluster-ips6 fib daddr type != local goto reject-chain"),
+            format!("{check} ip daddr 10.96.0.0/16 fib daddr type != local drop"),
+            format!("{check} ip6 daddr fd00:96::/112 fib daddr type != local drop"),
+        ],
+        "refusals first (a ClusterIP is in a Service CIDR too):\n{base}"
+    );
+    assert!(base.contains("add set inet kplane cluster-ips4 { type ipv4_addr; }\n"), "{base}");
+    assert!(base.contains("add set inet kplane cluster-ips6 { type ipv6_addr; }\n"), "{base}");
+
+    let mut nft = Nftables::new(&config());
+    let mut inc = Incremental::new(NODE, NODE_IPS.to_vec());
+    // Two ports, no endpoints: one element for the address. Dual-stack: one per family.
+    // Headless, or left to another proxy: none.
+    let mut web = web();
+    spec(&mut web).ports.as_mut().expect("ports").push(sport("dns", 53, "UDP", None));
+    inc.apply_service(Arc::new(web));
+    let mut dual = service("dual", "10.96.0.6", vec![sport("http", 80, "TCP", None)]);
+    spec(&mut dual).cluster_ips = Some(vec!["10.96.0.6".into(), "fd00:96::6".into()]);
+    inc.apply_service(Arc::new(dual));
+    inc.apply_service(Arc::new(service("headless", "None", vec![sport("http", 80, "TCP", None)])));
+    let mut other = service("other", "10.96.0.8", vec![sport("http", 80, "TCP", None)]);
+    other.metadata.labels = Some([("service.kubernetes.io/service-proxy-name".into(), "other".into())].into());
+    inc.apply_service(Arc::new(other));
+    let (script, _) = pass(&mut nft, &mut inc);
+    let elements: Vec<&str> = script.lines().filter(|l| l.contains(" cluster-ips")).collect();
+    assert_eq!(
+        elements,
+        [
+            "add element inet kplane cluster-ips4 { 10.96.0.5 }",
+            "add element inet kplane cluster-ips4 { 10.96.0.6 }",
+            "add element inet kplane cluster-ips6 { fd00:96::6 }",
+        ],
+        "{script}"
+    );
+
+    // Endpoints come and go: the address stays, untouched.
+    inc.apply_slice(Arc::new(slice("web", "http", "TCP", 8080, &[("10.1.0.1", Some(NODE), true)])));
+    let (script, _) = pass(&mut nft, &mut inc);
+    assert!(script.contains("service-ips4 { 10.96.0.5 . tcp . 80 "), "{script}");
+    assert_eq!(lines(&script, "cluster-ips"), 0, "{script}");
+
+    // The Service goes: its address goes with its other elements, in the same transaction.
+    inc.delete_service(&("ns".into(), "web".into()));
+    let (script, _) = pass(&mut nft, &mut inc);
+    assert_eq!(lines(&script, "delete element inet kplane cluster-ips4 { 10.96.0.5 }"), 1, "{script}");
+    assert_eq!(lines(&script, "cluster-ips"), 1, "{script}");
+    assert!(script.contains("delete element inet kplane service-ips4 { 10.96.0.5 . tcp . 80 }"), "{script}");
 }
 
 #[test]
