@@ -510,6 +510,57 @@ fn a_connection_tried_before_its_service_has_rules_does_not_block_its_client_por
     });
 }
 
+#[test]
+fn a_cluster_ip_refuses_ports_no_service_serves_and_unallocated_addresses_are_dropped() {
+    let Some(netns) = Netns::create("unserved") else { return };
+    let backends = netns.backends();
+    netns.run_in_node(move || async move {
+        serve_backends(backends);
+        let cluster = start_cluster().await;
+        create_service(&cluster, "web", "10.96.0.40", None, json!({})).await;
+        set_slice(&cluster, "web", &[(POD_A, NODE)]).await;
+        until_names(addr("10.96.0.40", 80), 1, "the Service answers", |s| *s == names(&["a"])).await;
+
+        // Another port of the same ClusterIP: no rule DNATs it, and it is refused at once (a
+        // closed port), not dropped (a hang of SYN retransmissions). The rules are in: no retry.
+        for port in [81, 8080] {
+            let t = Instant::now();
+            let got = ask(addr("10.96.0.40", port)).await;
+            let took = t.elapsed();
+            assert!(
+                got.as_ref().is_err_and(|e| e.kind() == ErrorKind::ConnectionRefused)
+                    && took < Duration::from_millis(300),
+                "TCP to 10.96.0.40:{port} is not refused at once: {got:?} after {took:?}"
+            );
+        }
+        // UDP too: the node's own datagram is refused at send (EPERM from the output hook), or by
+        // ICMP port unreachable (ECONNREFUSED); either way no answer is awaited.
+        let t = Instant::now();
+        let got = ask_udp(addr("10.96.0.40", 81)).await;
+        assert!(
+            got.as_ref().is_err_and(|e| matches!(e.kind(), ErrorKind::ConnectionRefused | ErrorKind::PermissionDenied))
+                && t.elapsed() < Duration::from_millis(300),
+            "UDP to 10.96.0.40:81: {got:?} after {:?}",
+            t.elapsed()
+        );
+
+        // An address of the Service CIDR that no Service has: dropped, not refused.
+        let unallocated = ask(addr("10.96.0.41", 80)).await;
+        assert!(unallocated.as_ref().is_err_and(|e| e.kind() == ErrorKind::TimedOut), "{unallocated:?}");
+
+        // The Service goes: its address is no longer known, so it is dropped as unallocated.
+        let api: Api<Service> = Api::namespaced(cluster.client(), NS);
+        api.delete("web", &DeleteParams::default()).await.expect("delete");
+        let start = Instant::now();
+        while netns_list_contains("10.96.0.40") {
+            assert!(start.elapsed() < DEADLINE, "the deleted Service's address stays: {:?}", current_table());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let gone = ask(addr("10.96.0.40", 81)).await;
+        assert!(gone.as_ref().is_err_and(|e| e.kind() == ErrorKind::TimedOut), "{gone:?}");
+    });
+}
+
 /// The chains kplane's table always has; the others are `pick<family>-<protocol>-<n>` chains.
 const FIXED_CHAINS: [&str; 15] = [
     "reject-chain",
