@@ -177,6 +177,36 @@ async fn updates_are_optimistic_and_patches_apply() {
     assert_eq!(r.status, StatusCode::NOT_FOUND);
 }
 
+/// Patches that name no resourceVersion apply to whatever is current: racing writers make the
+/// server start over (`GuaranteedUpdate`), never fail the patch; one naming a stale revision is a
+/// Conflict.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_patches_all_apply() {
+    let app = app().await;
+    call_ok(&app, "POST", CMS, Some(cm("race", json!({})))).await_default().await;
+    let merge = [("content-type", "application/merge-patch+json")];
+    let patches: Vec<_> = (0..32)
+        .map(|i| {
+            let app = app.clone();
+            tokio::spawn(async move {
+                let body = json!({"metadata": {"labels": {format!("l{i}"): "x"}}});
+                call(&app, "PATCH", &format!("{CMS}/race"), Some(body), &merge).await
+            })
+        })
+        .collect();
+    for (i, p) in patches.into_iter().enumerate() {
+        let r = p.await.expect("task");
+        assert_eq!(r.status, StatusCode::OK, "patch {i}: {}", r.body);
+    }
+    let r = call(&app, "GET", &format!("{CMS}/race"), None, &[]).await;
+    let labels = r.body["metadata"]["labels"].as_object().map(|l| l.len());
+    assert_eq!(labels, Some(32), "every patch applied: {}", r.body);
+
+    let stale = json!({"metadata": {"resourceVersion": "1", "labels": {"late": "x"}}});
+    let r = call(&app, "PATCH", &format!("{CMS}/race"), Some(stale), &merge).await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.body);
+}
+
 /// Shorthand for a call that must succeed.
 trait AwaitDefault {
     fn await_default(self) -> impl std::future::Future<Output = Value>;

@@ -348,7 +348,10 @@ impl Registry {
                     meta::set_resource_version(&mut new, revision);
                     return Ok((new, false));
                 }
-                Err(StorageError::Conflict { .. } | StorageError::NotFound { .. }) if body_rv.is_none() => continue,
+                // Another write came between the read and this one: start over from the new
+                // object (`GuaranteedUpdate`). A patch is applied to it afresh; a client that
+                // named a revision gets the Conflict from the check above.
+                Err(StorageError::Conflict { .. } | StorageError::NotFound { .. }) => continue,
                 Err(e) => return Err(interpret(r, name, e)),
             }
         }
