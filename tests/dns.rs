@@ -174,9 +174,17 @@ struct FakeUpstream {
 
 impl FakeUpstream {
     async fn start() -> Self {
-        let udp = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+        // One port for both protocols; another socket may hold the UDP port's number for TCP.
+        let (udp, tcp) = 'pair: {
+            for _ in 0..16 {
+                let udp = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+                if let Ok(tcp) = TcpListener::bind(udp.local_addr().expect("addr")).await {
+                    break 'pair (udp, tcp);
+                }
+            }
+            panic!("no port free for both UDP and TCP");
+        };
         let addr = udp.local_addr().expect("addr");
-        let tcp = TcpListener::bind(addr).await.expect("bind tcp");
         let seen = Arc::new(Mutex::new(Vec::new()));
         let log = seen.clone();
         tokio::spawn(async move {

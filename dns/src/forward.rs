@@ -224,9 +224,9 @@ mod tests {
     #[tokio::test]
     async fn udp_then_tcp_when_truncated() {
         // A fake upstream: over UDP it answers truncated; over TCP in full.
-        let udp = UdpSocket::bind("127.0.0.1:0").await.expect("bind udp");
+        let any = "127.0.0.1:0".parse().expect("addr");
+        let (udp, tcp) = crate::server::bind_pair(any).await.expect("a port free for UDP and TCP");
         let addr = udp.local_addr().expect("addr");
-        let tcp = tokio::net::TcpListener::bind(addr).await.expect("bind tcp");
         tokio::spawn(async move {
             let mut buf = [0u8; 512];
             while let Ok((n, from)) = udp.recv_from(&mut buf).await {

@@ -379,7 +379,7 @@ impl Listening {
 
 /// A UDP socket and a TCP listener on the same address; with port 0, retried until one free port
 /// serves both.
-async fn bind_pair(listen: SocketAddr) -> std::io::Result<(UdpSocket, TcpListener)> {
+pub(crate) async fn bind_pair(listen: SocketAddr) -> std::io::Result<(UdpSocket, TcpListener)> {
     let mut last = None;
     for _ in 0..16 {
         let udp = UdpSocket::bind(listen).await?;
