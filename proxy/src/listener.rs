@@ -171,6 +171,14 @@ fn bind(listen: Listen, count: usize) -> io::Result<Bound> {
     match listen.protocol {
         Protocol::Tcp => {
             let count = count.max(1);
+            if count > 1 {
+                // `SO_REUSEPORT` would also let us join sockets of another program of this user
+                // that set it (another kplane with the same Service CIDR), splitting connections
+                // with it silently. A plain socket first: anyone holding the address makes it
+                // fail, a conflict reported as any other. (Only a bind by another program
+                // between this probe and ours, microseconds, can still slip in.)
+                drop(tcp_socket(listen.addr, false)?);
+            }
             (0..count).map(|_| tcp_socket(listen.addr, count > 1)).collect::<io::Result<_>>().map(Bound::Tcp)
         }
         Protocol::Udp => {
@@ -182,9 +190,8 @@ fn bind(listen: Listen, count: usize) -> io::Result<Bound> {
     }
 }
 
-/// A non-blocking listening socket on `addr`. With `shared`, further sockets of this process's
-/// user may bind the same address; a program holding it without `SO_REUSEPORT` still makes the
-/// bind fail, so conflicts are seen as before.
+/// A non-blocking listening socket on `addr`. With `shared` (`SO_REUSEPORT`), further sockets of
+/// this user that set it too may bind the same address.
 fn tcp_socket(addr: SocketAddr, shared: bool) -> io::Result<std::net::TcpListener> {
     use socket2::{Domain, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
@@ -228,6 +235,12 @@ mod tests {
         let other = std::net::TcpListener::bind("127.0.0.1:0").expect("another program");
         let taken = other.local_addr().expect("addr");
         let err = bind(tcp(taken), 2).err().expect("taken by another program");
+        assert_eq!(err.kind(), io::ErrorKind::AddrInUse);
+
+        // Another kplane (sockets with SO_REUSEPORT) is a conflict too, not a group to join.
+        let Ok(Bound::Tcp(theirs)) = bind(tcp("127.0.0.1:0".parse().expect("addr")), 2) else { panic!("bound") };
+        let shared = theirs[0].local_addr().expect("addr");
+        let err = bind(tcp(shared), 2).err().expect("held by another proxy");
         assert_eq!(err.kind(), io::ErrorKind::AddrInUse);
     }
 }
