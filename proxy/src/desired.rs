@@ -249,6 +249,16 @@ pub(crate) fn service_listens(service: &Service, node: Node<'_>) -> Vec<Listen> 
     listens
 }
 
+/// The ClusterIPs of `service` (`spec.clusterIPs`, else `spec.clusterIP`); none when headless
+/// (`None`) or not yet allocated.
+pub(crate) fn cluster_ips(service: &Service) -> Vec<IpAddr> {
+    let Some(spec) = &service.spec else { return Vec::new() };
+    match &spec.cluster_ips {
+        Some(ips) if !ips.is_empty() => ips.iter().filter_map(|ip| ip.parse().ok()).collect(),
+        _ => spec.cluster_ip.iter().filter_map(|ip| ip.parse().ok()).collect(),
+    }
+}
+
 /// The routes of `service`; with `keep_empty`, also the listeners no endpoint serves yet.
 fn routes(
     service: &Service,
@@ -264,10 +274,7 @@ fn routes(
     if spec.type_.as_deref() == Some("ExternalName") {
         return Vec::new();
     }
-    let cluster_ips: Vec<IpAddr> = match &spec.cluster_ips {
-        Some(ips) if !ips.is_empty() => ips.iter().filter_map(|ip| ip.parse().ok()).collect(),
-        _ => spec.cluster_ip.iter().filter_map(|ip| ip.parse().ok()).collect(),
-    };
+    let cluster_ips = cluster_ips(service);
     if cluster_ips.is_empty() {
         return Vec::new(); // headless (`None`) or not yet allocated
     }

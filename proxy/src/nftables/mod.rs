@@ -135,7 +135,8 @@ impl Nftables {
         let mut again: BTreeSet<Listen> = flushed.changes.iter().map(|(l, _)| *l).collect();
         let node = Node { name: &self.node_name, zone: None, ips: &self.node_ips };
         for key in &flushed.services {
-            let new = incremental.service(key).map(|s| desired::service_listens(s, node)).unwrap_or_default();
+            let service = incremental.service(key);
+            let new = service.map(|s| desired::service_listens(s, node)).unwrap_or_default();
             for listen in self.claimed.remove(key).unwrap_or_default() {
                 if let Some(n) = self.claims.get_mut(&listen) {
                     *n -= 1;
@@ -152,7 +153,7 @@ impl Nftables {
             for id in self.cluster_ips.remove(key).unwrap_or_default() {
                 self.model.remove(&id);
             }
-            let ips = incremental.service(key).map(|s| cluster_ips(s, &new)).unwrap_or_default();
+            let ips = service.map(|s| served_cluster_ips(s, &new)).unwrap_or_default();
             if !ips.is_empty() {
                 let objects: Vec<_> = ips.into_iter().map(render::cluster_ip).collect();
                 self.cluster_ips.insert(key.clone(), objects.iter().map(|o| o.id.clone()).collect());
@@ -209,12 +210,8 @@ fn kernel_at_least(major: u32, minor: u32) -> bool {
 
 /// The ClusterIPs of `service` that this proxy serves (some of its `listens` are on them): not
 /// those of a headless Service, of one left to another proxy, or of one without a port here.
-fn cluster_ips(service: &Service, listens: &[Listen]) -> Vec<IpAddr> {
-    let Some(spec) = &service.spec else { return Vec::new() };
-    let mut ips: Vec<IpAddr> = match &spec.cluster_ips {
-        Some(ips) if !ips.is_empty() => ips.iter().filter_map(|ip| ip.parse().ok()).collect(),
-        _ => spec.cluster_ip.iter().filter_map(|ip| ip.parse().ok()).collect(),
-    };
+fn served_cluster_ips(service: &Service, listens: &[Listen]) -> Vec<IpAddr> {
+    let mut ips = desired::cluster_ips(service);
     ips.retain(|ip| listens.iter().any(|l| l.addr.ip() == *ip));
     ips.sort();
     ips.dedup();
