@@ -101,12 +101,13 @@ async fn run(listen: Listen, service: ServicePortName, route: watch::Receiver<Ar
     let mut delay = FIRST_RETRY;
     let mut failures = 0u32;
     let mut warned = false;
-    let threads = match listen.protocol {
+    // Held until this task ends, which returns the sockets to the budget.
+    let sockets = match listen.protocol {
         Protocol::Tcp => shared.data.tcp_sockets(),
         _ => shared.data.one_socket(),
     };
     let bound = loop {
-        match bind(listen, threads.threads.len()) {
+        match bind(listen, sockets.threads.len()) {
             Ok(b) => break b,
             Err(e) => {
                 failures += 1;
@@ -136,9 +137,9 @@ async fn run(listen: Listen, service: ServicePortName, route: watch::Receiver<Ar
     }
     set_status(&shared.status, listen, ListenerState::Listening);
     let mut serving: Vec<AbortOnDrop> = match bound {
-        Bound::Tcp(sockets) => sockets
+        Bound::Tcp(listeners) => listeners
             .into_iter()
-            .zip(&threads.threads)
+            .zip(&sockets.threads)
             .map(|(socket, thread)| {
                 let (route, connect, shutdown) = (route.clone(), shared.connect, shared.shutdown.clone());
                 let serve = async move {
@@ -157,13 +158,11 @@ async fn run(listen: Listen, service: ServicePortName, route: watch::Receiver<Ar
                     Err(e) => tracing::error!(error = %e, "cannot serve the socket"),
                 }
             };
-            vec![AbortOnDrop(threads.threads[0].spawn(serve.in_current_span()))]
+            vec![AbortOnDrop(sockets.threads[0].spawn(serve.in_current_span()))]
         }
     };
-    // Serving ends only when this task is dropped, which drops `serving` and so stops it, and
-    // returns the sockets to the budget.
+    // Serving ends only when this task is dropped, which drops `serving` and so stops it.
     futures::future::join_all(serving.iter_mut().map(|t| &mut t.0)).await;
-    drop(threads);
 }
 
 /// Binds `listen`: for TCP, `count` sockets sharing the address (`SO_REUSEPORT`, Linux only).
@@ -177,7 +176,7 @@ fn bind(listen: Listen, count: usize) -> io::Result<Bound> {
                 // with it silently. A plain socket first: anyone holding the address makes it
                 // fail, a conflict reported as any other. (Only a bind by another program
                 // between this probe and ours, microseconds, can still slip in.)
-                drop(tcp_socket(listen.addr, false)?);
+                drop(bound_socket(listen.addr, false)?);
             }
             (0..count).map(|_| tcp_socket(listen.addr, count > 1)).collect::<io::Result<_>>().map(Bound::Tcp)
         }
@@ -190,9 +189,17 @@ fn bind(listen: Listen, count: usize) -> io::Result<Bound> {
     }
 }
 
-/// A non-blocking listening socket on `addr`. With `shared` (`SO_REUSEPORT`), further sockets of
-/// this user that set it too may bind the same address.
+/// A non-blocking listening socket on `addr`.
 fn tcp_socket(addr: SocketAddr, shared: bool) -> io::Result<std::net::TcpListener> {
+    let socket = bound_socket(addr, shared)?;
+    socket.listen(BACKLOG as i32)?;
+    Ok(socket.into())
+}
+
+/// A non-blocking TCP socket bound to `addr`, not listening (so a probe takes no connection).
+/// With `shared` (`SO_REUSEPORT`), further sockets of this user that set it too may bind the
+/// same address.
+fn bound_socket(addr: SocketAddr, shared: bool) -> io::Result<socket2::Socket> {
     use socket2::{Domain, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
     socket.set_nonblocking(true)?;
@@ -205,8 +212,7 @@ fn tcp_socket(addr: SocketAddr, shared: bool) -> io::Result<std::net::TcpListene
     #[cfg(not(target_os = "linux"))]
     let _ = shared;
     socket.bind(&addr.into())?;
-    socket.listen(BACKLOG as i32)?;
-    Ok(socket.into())
+    Ok(socket)
 }
 
 #[cfg(test)]

@@ -56,29 +56,23 @@ impl DataPath {
     /// `SO_REUSEPORT` spreads connections over the sockets) while the budget allows, else one.
     pub(crate) fn tcp_sockets(&self) -> Sockets {
         let all = if cfg!(target_os = "linux") { self.threads.len() } else { 1 };
-        let budget = &self.sockets;
-        let count = if all > 1 && budget.held.fetch_add(all, Ordering::Relaxed) + all <= budget.max {
-            all
-        } else {
-            if all > 1 {
-                budget.held.fetch_sub(all, Ordering::Relaxed);
-            }
-            budget.held.fetch_add(1, Ordering::Relaxed);
-            1
-        };
-        Sockets { threads: self.take(count), budget: budget.clone() }
+        let fits = |held: usize| (held + all <= self.sockets.max).then_some(held + all);
+        let per_thread = all > 1 && self.sockets.held.fetch_update(Ordering::Relaxed, Ordering::Relaxed, fits).is_ok();
+        if per_thread { self.take(all) } else { self.one_socket() }
     }
 
-    /// One data thread, in turn, for a listener with a single socket (UDP).
+    /// One data thread, in turn, for a listener with a single socket (UDP, or past the budget).
     pub(crate) fn one_socket(&self) -> Sockets {
         self.sockets.held.fetch_add(1, Ordering::Relaxed);
-        Sockets { threads: self.take(1), budget: self.sockets.clone() }
+        self.take(1)
     }
 
-    /// `count` distinct threads, starting with the next in turn.
-    fn take(&self, count: usize) -> Vec<Handle> {
+    /// `count` distinct threads, starting with the next in turn, already counted in the budget.
+    fn take(&self, count: usize) -> Sockets {
         let start = self.next.fetch_add(1, Ordering::Relaxed);
-        (0..count.min(self.threads.len())).map(|i| self.threads[(start + i) % self.threads.len()].clone()).collect()
+        let n = self.threads.len();
+        let threads = (0..count.min(n)).map(|i| self.threads[(start + i) % n].clone()).collect();
+        Sockets { threads, budget: self.sockets.clone() }
     }
 }
 
