@@ -34,8 +34,6 @@ type Handler<K> = Box<dyn Fn(Option<&K>, Option<&K>) + Send + Sync>;
 /// Objects of one kind by namespace and name, kept by a watch.
 pub struct Cache<K> {
     objects: RwLock<Objects<K>>,
-    /// The label [`Cache::labelled`] finds objects by without a scan, if any.
-    index_label: Option<&'static str>,
     /// Objects this process deleted, with their last resourceVersion, until the watch says so:
     /// an older event still in flight must not bring them back.
     tombstones: Mutex<HashMap<Key, ObjectMeta>>,
@@ -46,25 +44,27 @@ pub struct Cache<K> {
 /// A cache's objects, and its label index.
 struct Objects<K> {
     by_namespace: HashMap<String, HashMap<String, Arc<K>>>,
+    /// The label [`Cache::labelled`] finds objects by without a scan, if any.
+    label: Option<&'static str>,
     /// Names by namespace and index label value.
     by_label: HashMap<(String, String), BTreeSet<String>>,
 }
 
 impl<K: kube::Resource> Objects<K> {
-    fn label_key(label: Option<&str>, obj: &K) -> Option<(String, String)> {
-        let value = obj.meta().labels.as_ref()?.get(label?)?;
+    fn label_key(&self, obj: &K) -> Option<(String, String)> {
+        let value = obj.meta().labels.as_ref()?.get(self.label?)?;
         Some((obj.meta().namespace.clone().unwrap_or_default(), value.clone()))
     }
 
     /// Stores `obj` under its key; returns the object it replaced.
-    fn insert(&mut self, label: Option<&str>, obj: Arc<K>) -> Option<Arc<K>> {
+    fn insert(&mut self, obj: Arc<K>) -> Option<Arc<K>> {
         let (ns, name) = key_of(obj.meta());
-        let new_key = Self::label_key(label, &obj);
+        let new_key = self.label_key(&obj);
         if let Some(key) = new_key.clone() {
             self.by_label.entry(key).or_default().insert(name.clone());
         }
         let old = self.by_namespace.entry(ns).or_default().insert(name.clone(), obj);
-        if let Some(old_key) = old.as_deref().and_then(|o| Self::label_key(label, o))
+        if let Some(old_key) = old.as_deref().and_then(|o| self.label_key(o))
             && new_key.as_ref() != Some(&old_key)
         {
             self.unindex(old_key, &name);
@@ -72,9 +72,9 @@ impl<K: kube::Resource> Objects<K> {
         old
     }
 
-    fn remove(&mut self, label: Option<&str>, namespace: &str, name: &str) -> Option<Arc<K>> {
+    fn remove(&mut self, namespace: &str, name: &str) -> Option<Arc<K>> {
         let old = self.by_namespace.get_mut(namespace)?.remove(name)?;
-        if let Some(key) = Self::label_key(label, &old) {
+        if let Some(key) = self.label_key(&old) {
             self.unindex(key, name);
         }
         Some(old)
@@ -113,10 +113,9 @@ where
         Self::build(Some(label))
     }
 
-    fn build(index_label: Option<&'static str>) -> Arc<Self> {
+    fn build(label: Option<&'static str>) -> Arc<Self> {
         Arc::new(Self {
-            objects: RwLock::new(Objects { by_namespace: HashMap::new(), by_label: HashMap::new() }),
-            index_label,
+            objects: RwLock::new(Objects { by_namespace: HashMap::new(), label, by_label: HashMap::new() }),
             tombstones: Mutex::new(HashMap::new()),
             handlers: RwLock::new(Vec::new()),
             ready: tokio::sync::watch::channel(false).0,
@@ -173,13 +172,13 @@ where
         let mut objects = self.write();
         let current = objects.by_namespace.get(&ns).and_then(|m| m.get(&name));
         if current.is_none_or(|old| is_newer(obj.meta(), old.meta())) {
-            objects.insert(self.index_label, Arc::new(obj));
+            objects.insert(Arc::new(obj));
         }
     }
 
     /// Drops an object this process just deleted.
     pub fn forget(&self, namespace: &str, name: &str) {
-        let gone = self.write().remove(self.index_label, namespace, name);
+        let gone = self.write().remove(namespace, name);
         if let Some(gone) = gone {
             self.tombstones().insert((namespace.to_string(), name.to_string()), gone.meta().clone());
         }
@@ -218,7 +217,7 @@ where
             let mut objects = self.write();
             match objects.by_namespace.get(&ns).and_then(|m| m.get(&name)) {
                 Some(old) if !is_newer(obj.meta(), old.meta()) => return,
-                _ => objects.insert(self.index_label, obj.clone()),
+                _ => objects.insert(obj.clone()),
             }
         };
         self.notify(old.as_deref(), Some(&obj));
@@ -227,7 +226,7 @@ where
     fn delete(&self, obj: &K) {
         let (ns, name) = key_of(obj.meta());
         self.tombstones().remove(&(ns.clone(), name.clone()));
-        let old = self.write().remove(self.index_label, &ns, &name);
+        let old = self.write().remove(&ns, &name);
         // Unknown: already forgotten after this process deleted it.
         if let Some(old) = old {
             self.notify(Some(&old), None);
